@@ -1,0 +1,30 @@
+# Two commands (see README): `make train` renders and trains the default project, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup train test test-slow lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+train: setup  ## render the default project outside the repo, install it, write toy data, train it
+	$(BIN)/python scripts/train_default.py
+
+test: setup  ## the default test suite (what CI runs)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-slow: setup  ## the long runs: real training of rendered projects
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow
+
+lint: setup
+	$(BIN)/ruff check hooks tests scripts
+	$(BIN)/ruff format --check hooks tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Callbacks the Trainer runs: progress output, prediction writing."""

@@ -1,0 +1,141 @@
+"""Command line: LightningCLI (fit / validate / test / predict) plus the project's own commands.
+
+    python -m PACKAGE toy-data
+    python -m PACKAGE fit     --config configs/default.yaml --config configs/toy.yaml
+    python -m PACKAGE test    --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
+    python -m PACKAGE predict --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
+
+Every run gets its own folder under `runs/` (see runs.py); `--ckpt_path last|best` finds the newest one.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities import rank_zero_only
+
+from . import runs
+from .callbacks.prediction_writer import CSVPredictionWriter
+from .callbacks.progress import progress_bar_for
+from .data import toy
+from .data.datamodule import DataModule
+from .errors import ProjectError
+from .loggers import wandb_offline_without_key
+from .module import Model
+
+PACKAGE = __package__
+# Commands that are not Trainer methods: name -> main(argv).
+PROJECT_COMMANDS: dict[str, Callable[[list[str]], None]] = {"toy-data": toy.main}
+
+
+class ProjectCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--runs_dir", default="runs", help="Folder that holds one sub-folder per run.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # The model's backbone decides input size and normalization; the data decides the classes.
+        parser.link_arguments("model.backbone", "data.backbone")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        ckpt_path = self._resolve_ckpt_path(config.runs_dir, config.get("ckpt_path"))
+        config.ckpt_path = str(ckpt_path) if ckpt_path else None
+        run_dir = None
+        if ckpt_path is not None and self.subcommand == "fit":
+            run_dir = runs.run_dir_of_checkpoint(ckpt_path)  # resuming: continue in the same folder
+        self.run_dir = run_dir or runs.new_run_dir(config.runs_dir, self.subcommand)
+        runs.share_with_child_processes(self.run_dir)
+        config.trainer.default_root_dir = str(self.run_dir)
+        config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+        for logger in _as_list(config.trainer.logger):
+            if "save_dir" in logger.init_args:
+                logger.init_args.save_dir = str(self.run_dir)
+            if logger.class_path.endswith("WandbLogger"):
+                logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
+                wandb_offline_without_key()
+        self._started = time.perf_counter()
+
+    def _resolve_ckpt_path(self, runs_dir: str, ckpt_path: str | None) -> Path | None:
+        if ckpt_path in (None, ""):
+            return None
+        if ckpt_path == "last":
+            return runs.find_last_checkpoint(runs_dir)
+        if ckpt_path == "best":
+            return runs.find_best_checkpoint(runs_dir)
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise ProjectError(f"ckpt_path={ckpt_path!r} does not exist (use a file, 'last' or 'best')")
+        return path
+
+    @rank_zero_only
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        callback = trainer.checkpoint_callback
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        summary = {
+            "run_dir": str(self.run_dir),
+            "seconds": round(time.perf_counter() - self._started, 1),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "val_metrics": metrics,
+            "monitor": getattr(callback, "monitor", None),
+            "best_score": _float_or_none(getattr(callback, "best_model_score", None)),
+            "best_checkpoint": getattr(callback, "best_model_path", None) or None,
+            "last_checkpoint": getattr(callback, "last_model_path", None) or None,
+        }
+        if trainer.fast_dev_run:
+            print(f"fast_dev_run finished in {summary['seconds']} s (no checkpoints are written in this mode)")
+            return
+        runs.write_summary(self.run_dir, summary)
+        print(f"\nFinished fit in {summary['seconds']} s: {summary['epochs']} epochs, {summary['global_step']} steps")
+        print("Final validation metrics:")
+        for name, value in sorted(metrics.items()):
+            print(f"  {name:<12} {value:.4f}")
+        if summary["best_checkpoint"]:
+            print(f"Best checkpoint ({summary['monitor']}={summary['best_score']:.4f}): {summary['best_checkpoint']}")
+        print(f"Run folder: {self.run_dir}")
+
+
+def _as_list(value: object) -> list:
+    if not value or value is True:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)
+
+
+def _one_line(error: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    # A worker's traceback ends with "package.errors.DataError: <message>".
+    return re.sub(r"^[\w.]+Error: ", "", lines[-1]) if lines else type(error).__name__
+
+
+def main(args: list[str] | None = None) -> ProjectCLI | None:
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in PROJECT_COMMANDS:
+        PROJECT_COMMANDS[argv[0]](argv[1:])
+        return None
+    epilog = "project commands: " + ", ".join(f"{name} (python -m {PACKAGE} {name} --help)" for name in PROJECT_COMMANDS)
+    try:
+        return ProjectCLI(
+            Model,
+            DataModule,
+            trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"epilog": epilog},
+            args=args,  # None: LightningCLI reads sys.argv itself
+        )
+    except ProjectError as error:
+        sys.exit(f"error: {_one_line(error)}")
+    finally:
+        runs.forget_shared_run_dir()

@@ -1,0 +1,1 @@
+"""Encoders per modality, heads per task, and the network that joins them."""

@@ -1,0 +1,77 @@
+"""Image encoder: any timm backbone, returning one pooled feature vector per image."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ...errors import PretrainedWeightsError
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    """True if a TCP connection to the weights hub opens within `timeout` seconds."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _weights_hint(backbone: str) -> str:
+    return (
+        f"set model.pretrained_file to a local weights file for {backbone!r} (.safetensors or .pth state dict), "
+        "set HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache, "
+        "or set model.pretrained=false to train from scratch"
+    )
+
+
+def create_backbone(backbone: str, pretrained: bool = False, pretrained_file: str | None = None) -> nn.Module:
+    """A timm model without its classifier (`num_classes=0`): forward gives pooled features [B, D].
+
+    `pretrained_file` goes through timm's own loading (`pretrained_cfg_overlay=dict(file=...)`), so the
+    classifier of the file is dropped and the first conv is adapted exactly as for hub weights.
+    """
+    if backbone not in timm.list_models() and backbone.split(".")[0] not in timm.list_models():
+        raise PretrainedWeightsError(f"model.backbone={backbone!r} is not a timm model name (see timm.list_models())")
+    if pretrained_file:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise PretrainedWeightsError(f"model.pretrained_file={pretrained_file!r} does not exist")
+        try:
+            return timm.create_model(
+                backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+            )
+        except (RuntimeError, KeyError, ValueError, OSError) as error:
+            raise PretrainedWeightsError(
+                f"model.pretrained_file={pretrained_file!r} does not fit {backbone!r}: {error}"
+            ) from error
+    if not pretrained:
+        return timm.create_model(backbone, pretrained=False, num_classes=0)
+    # The hub client retries for about a minute when the network is down; fail in seconds instead.
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "false", "") and not hub_reachable():
+        raise PretrainedWeightsError(f"cannot reach {HUB_HOST} to download {backbone!r}: {_weights_hint(backbone)}")
+    try:
+        return timm.create_model(backbone, pretrained=True, num_classes=0)
+    except (OSError, RuntimeError) as error:
+        raise PretrainedWeightsError(
+            f"could not load pretrained weights for {backbone!r} ({error}); {_weights_hint(backbone)}"
+        ) from error
+
+
+class ImageEncoder(nn.Module):
+    """[B, C, H, W] images -> [B, D] features, D = `out_features`."""
+
+    def __init__(self, backbone: str = "resnet18", pretrained: bool = False, pretrained_file: str | None = None):
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained, pretrained_file)
+        self.out_features: int = self.backbone.num_features
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone(image)

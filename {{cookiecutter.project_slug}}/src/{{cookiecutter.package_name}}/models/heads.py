@@ -1,0 +1,18 @@
+"""Output layers that turn fused features into task outputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearHead(nn.Module):
+    """Dropout then one linear layer: [B, D] features -> [B, out_features] logits."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(features))

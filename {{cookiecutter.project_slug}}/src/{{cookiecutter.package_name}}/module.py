@@ -1,0 +1,121 @@
+"""The LightningModule: network + task, one loop for train/val/test, optimizer and schedule.
+
+Extend this class for your project. The network (`models/network.py`) maps a batch dict to outputs; the task
+(`tasks.py`) owns loss, metrics and how predictions are written, so the steps below stay the same for every
+task and modality.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from .models.encoders.image import ImageEncoder
+from .models.heads import LinearHead
+from .models.network import Network
+from .provenance import provenance
+from .tasks import MulticlassTask
+
+
+class Model(pl.LightningModule):
+    """Image classifier on a timm backbone.
+
+    Args:
+        backbone: any timm model name, e.g. "resnet18", "convnext_tiny", "efficientnet_b0.ra_in1k".
+        pretrained: load the backbone's pretrained weights from the Hugging Face hub.
+        pretrained_file: load the backbone's weights from this local file instead (safetensors or state dict).
+        num_classes: number of classes; filled in from the data (do not set by hand).
+        class_names: class names in label order; filled in from the data.
+        dropout: dropout before the classification layer.
+        label_smoothing: cross-entropy label smoothing (0 = off).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay, applied to weights only (not to biases or normalization layers).
+        warmup_fraction: fraction of all training steps spent warming the learning rate up linearly from 0.
+        min_lr_ratio: the cosine schedule decays to lr * min_lr_ratio at the last step.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool = True,
+        pretrained_file: str | None = None,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        lr: float = 3e-4,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.01,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = MulticlassTask(num_classes, class_names, label_smoothing)
+        encoder = ImageEncoder(backbone, pretrained, pretrained_file)
+        head = LinearHead(encoder.out_features, num_classes, dropout)
+        self.network = Network({"image": encoder}, head)
+        self.train_metrics = self.task.metrics().clone(prefix="train/")
+        self.val_metrics = self.task.metrics().clone(prefix="val/")
+        self.test_metrics = self.task.metrics().clone(prefix="test/")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.network(batch)
+
+    # One loop for every stage: outputs -> loss -> metrics -> log.
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.task.loss(logits, batch["target"])
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach(), batch["target"])
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"path": batch["path"], "outputs": self.task.activation(self(batch)).float().cpu()}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # Weight decay on weights only: decaying biases and norm scales only hurts (they are 1-D tensors).
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (decay if param.ndim > 1 else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_fraction * total)
+        floor = self.hparams.min_lr_ratio
+
+        def lr_factor(step: int) -> float:
+            """Linear warmup to 1, then cosine decay to `min_lr_ratio`."""
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        # interval="step": Lightning's default is per epoch, which would hold warmup for a whole epoch.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What is needed to reproduce this checkpoint: code version and data identity.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        checkpoint["provenance"] = provenance(datamodule)

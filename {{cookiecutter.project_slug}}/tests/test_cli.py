@@ -1,0 +1,117 @@
+"""The commands a user runs, end to end: fit, resume, test, predict, and the errors they can hit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, cli_args
+from PIL import Image
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.loggers import wandb_offline_without_key
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+
+
+def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", PACKAGE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_fast_dev_run_fit_and_test(tiny_data: Path, tmp_path: Path) -> None:
+    fast = ["--config", str(CONFIGS / "debug" / "fast_dev_run.yaml")]
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *fast))
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    cli = main(cli_args("test", tiny_data, tmp_path / "runs", *fast))
+    assert 0.0 <= cli.trainer.callback_metrics["test/acc"] <= 1.0
+
+
+def test_resume_from_last_continues_the_step_count(tiny_data: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
+    assert first.trainer.global_step == 2
+    last = first.run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+
+    resumed = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    assert resumed.trainer.global_step == 4  # 2 steps restored + 2 new, not 2 from scratch
+    assert resumed.trainer.current_epoch == 2
+    assert resumed.run_dir == first.run_dir  # the resumed run continues in its own folder
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 4
+    assert set(checkpoint["provenance"]) >= {"git_commit", "data_fingerprint", "template_version"}
+
+
+def test_fit_writes_summary_and_predict_writes_one_row_per_input(tiny_data: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
+    summary = json.loads((fit.run_dir / "summary.json").read_text())
+    assert Path(summary["best_checkpoint"]).is_file() and "val/acc" in summary["val_metrics"]
+
+    images = tmp_path / "to_predict"
+    images.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 30), (50 * i, 0, 0)).save(images / f"img{i}.png")
+    predict = main(cli_args("predict", tiny_data, runs, "--data.predict_root", str(images), "--ckpt_path", "best"))
+    with open(predict.run_dir / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(Path(row["path"]).name for row in rows) == [f"img{i}.png" for i in range(5)]
+    class_names = predict.datamodule.class_names
+    for row in rows:
+        assert row["prediction"] in class_names
+        assert sum(float(row[f"prob_{name}"]) for name in class_names) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_default_logger_runs_without_server_or_key(tiny_data: Path, tmp_path: Path) -> None:
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, "--trainer.max_epochs", "1", logger=None))
+    assert cli.trainer.logger is not None and cli.trainer.global_step == 2
+    assert any(cli.run_dir.iterdir())
+
+
+def test_wandb_goes_offline_without_an_api_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert wandb_offline_without_key() is True
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE")
+    assert wandb_offline_without_key() is False
+
+
+def test_unknown_config_key_is_named(tiny_data: Path, tmp_path: Path) -> None:
+    result = run_module(*cli_args("fit", tiny_data, tmp_path / "runs", "--model.learning_rate", "0.1"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "learning_rate" in result.stderr
+
+
+def test_corrupt_image_gives_one_line_naming_the_file(tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    broken = data / "train" / "circle" / "0000.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    # One loader worker, so the error crosses a process boundary like it does in real training.
+    args = cli_args("fit", data, tmp_path / "runs", "--data.num_workers", "1", "--data.batch_size", "64", "--config", str(CONFIGS / "debug" / "fast_dev_run.yaml"))
+    result = run_module(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: cannot read image") and str(broken) in last_line
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_folder_gives_one_line(tmp_path: Path) -> None:
+    result = run_module(*cli_args("fit", tmp_path / "nowhere", tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: data.root=")
+    assert "Traceback" not in result.stderr

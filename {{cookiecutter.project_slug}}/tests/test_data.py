@@ -1,0 +1,101 @@
+"""Data: labels paired with the right files, deterministic splits, normalization, and clear errors."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_BACKBONE
+from PIL import Image
+
+from {{ cookiecutter.package_name }}.data.datamodule import DataModule
+from {{ cookiecutter.package_name }}.errors import DataError
+
+COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+
+
+def write_coloured_images(split_dir: Path, per_class: int, seed: int = 0) -> None:
+    """Solid-colour images whose colour is the label; file names shuffled so sorted != creation order."""
+    names = [f"{random.Random(seed + i).randrange(10**6):06d}_{i}.png" for i in range(per_class * len(COLOURS))]
+    random.Random(seed).shuffle(names)
+    for i, name in enumerate(names):
+        label = sorted(COLOURS)[i % len(COLOURS)]
+        (split_dir / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), COLOURS[label]).save(split_dir / label / name)
+
+
+def datamodule(root: Path, **kwargs) -> DataModule:
+    return DataModule(root=str(root), backbone=TINY_BACKBONE, image_size=8, num_workers=0, augment=False, **kwargs)
+
+
+def test_every_image_keeps_its_own_label_when_names_are_unsorted(tmp_path: Path) -> None:
+    write_coloured_images(tmp_path / "train", per_class=10)
+    data = datamodule(tmp_path)
+    assert data.class_names == ["blue", "green", "red"]
+    mean = torch.tensor(data.data_config.mean).view(3, 1, 1)
+    std = torch.tensor(data.data_config.std).view(3, 1, 1)
+    for split in ("train", "val", "test"):
+        for item in data.dataset(split):
+            pixels = item["image"] * std + mean  # undo the normalization
+            channel = int(pixels.mean(dim=(1, 2)).argmax())  # 0 = red, 1 = green, 2 = blue
+            assert data.class_names[item["target"]] == ["red", "green", "blue"][channel], item["path"]
+
+
+def test_missing_val_and_test_are_split_from_train_stratified_and_seeded(tmp_path: Path) -> None:
+    write_coloured_images(tmp_path / "train", per_class=10)
+    first, again = datamodule(tmp_path), datamodule(tmp_path)
+    other_seed = datamodule(tmp_path, split_seed=1)
+    assert first.splits == again.splits
+    assert first.splits["val"] != other_seed.splits["val"]
+    for split, per_class in (("train", 6), ("val", 2), ("test", 2)):
+        labels = [label for _, label in first.splits[split]]
+        assert [labels.count(c) for c in range(3)] == [per_class] * 3, split
+    paths = [{p for p, _ in first.splits[s]} for s in ("train", "val", "test")]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+
+
+def test_existing_val_and_test_folders_are_used_as_they_are(tiny_data: Path) -> None:
+    data = datamodule(tiny_data)
+    assert {split: len(samples) for split, samples in data.splits.items()} == {"train": 36, "val": 12, "test": 12}
+
+
+def test_normalization_and_size_follow_the_backbone() -> None:
+    from {{ cookiecutter.package_name }}.data.image import ImageDataConfig
+
+    imagenet = ImageDataConfig.for_backbone("resnet18")
+    assert (imagenet.image_size, imagenet.mean, imagenet.std) == (224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    tiny = ImageDataConfig.for_backbone(TINY_BACKBONE, image_size=32)
+    assert (tiny.image_size, tiny.mean) == (32, (0.5, 0.5, 0.5))
+
+
+def test_missing_data_folder_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does_not_exist.*toy-data"):
+        datamodule(tmp_path / "does_not_exist")
+
+
+def test_empty_class_folder_is_named(tmp_path: Path) -> None:
+    write_coloured_images(tmp_path / "train", per_class=4)
+    (tmp_path / "train" / "purple").mkdir()
+    with pytest.raises(DataError, match="purple"):
+        datamodule(tmp_path)
+
+
+def test_class_folder_unknown_to_train_is_named(tmp_path: Path) -> None:
+    write_coloured_images(tmp_path / "train", per_class=4)
+    write_coloured_images(tmp_path / "val", per_class=2)
+    (tmp_path / "val" / "purple").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "purple" / "a.png")
+    with pytest.raises(DataError, match="purple"):
+        datamodule(tmp_path)
+
+
+def test_corrupt_image_is_named(tmp_path: Path) -> None:
+    write_coloured_images(tmp_path / "train", per_class=4)
+    broken = tmp_path / "train" / "red" / "broken.png"
+    broken.write_bytes(b"not a png")
+    data = datamodule(tmp_path)
+    split, index = next((s, i) for s in data.splits for i, (path, _) in enumerate(data.splits[s]) if path == broken)
+    with pytest.raises(DataError, match="broken.png"):
+        data.dataset(split)[index]

@@ -185,8 +185,7 @@ def _slug_errors(slug: Any) -> list[str]:
     if isinstance(slug, str) and SLUG_RE.match(slug):
         return []
     message = (
-        f"project_slug={slug!r} is not a valid folder/distribution name; "
-        f"allowed: {SLUG_ALLOWED} (e.g. 'my-dl-project')"
+        f"project_slug={slug!r} is not a valid folder/distribution name; allowed: {SLUG_ALLOWED} (e.g. 'my-dl-project')"
     )
     return [message]
 

@@ -48,7 +48,12 @@ def main() -> None:
     python = sys.executable
     run("install", [python, "-m", "pip", "install", "-q", "-e", ".[dev]"], project, timings)
     run("toy data", [python, "-m", package, "toy-data"], project, timings)
-    run("train", [python, "-m", package, "fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml"], project, timings)
+    run(
+        "train",
+        [python, "-m", package, "fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml"],
+        project,
+        timings,
+    )
 
     total = time.perf_counter() - start
     summary = json.loads(max(project.glob("runs/*/summary.json"), key=lambda p: p.stat().st_mtime).read_text())

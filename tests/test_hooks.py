@@ -18,30 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import COOKIECUTTER_JSON, TEMPLATE_DIR, assert_known_keys
 from cookiecutter.generate import generate_context
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1]
-# The hooks package lives at the template root; needed until pytest's `pythonpath = ["."]` is configured.
-if str(TEMPLATE_DIR) not in sys.path:
-    sys.path.insert(0, str(TEMPLATE_DIR))
+import hooks.post_gen_project as post
+import hooks.pre_gen_project as pre
 
-post = importlib.import_module("hooks.post_gen_project")
-pre = importlib.import_module("hooks.pre_gen_project")
-
-COOKIECUTTER_JSON: dict[str, Any] = json.loads(
-    (TEMPLATE_DIR / "cookiecutter.json").read_text(encoding="utf-8")
-)
 HAS_TIMM = importlib.util.find_spec("timm") is not None  # find_spec does not import it (no torch cost)
 HAS_GIT = shutil.which("git") is not None
 FAST = {pre.SKIP_TIMM_CHECK_ENV: "1"}  # environment that skips the timm lookup in the pre-gen hook
-
-
-def assert_known_keys(overrides: dict[str, Any]) -> None:
-    """Cookiecutter silently ignores unknown extra_context keys: a typo would quietly test the defaults."""
-    unknown = sorted(set(overrides) - set(COOKIECUTTER_JSON))
-    assert not unknown, f"not variables of cookiecutter.json: {unknown}"
 
 
 @functools.cache
@@ -68,7 +55,7 @@ def test_choices_mirror_cookiecutter_json() -> None:
         for key, value in COOKIECUTTER_JSON.items()
         if isinstance(value, list) and not key.startswith("_")
     }
-    assert pre.CHOICES == json_choices
+    assert json_choices == pre.CHOICES
 
 
 def test_supported_values_are_choices() -> None:
@@ -87,9 +74,7 @@ def test_default_answers_are_valid() -> None:
     assert pre.validate(default_answers(), check_timm=False) == []
 
 
-@pytest.mark.parametrize(
-    "slug", ["My Project!", "my-project!", "1abc", "my_project", "my--project", "-x", "x-", ""]
-)
+@pytest.mark.parametrize("slug", ["My Project!", "my-project!", "1abc", "my_project", "my--project", "-x", "x-", ""])
 def test_bad_project_slug(slug: str) -> None:
     errors = pre.validate(answers(project_slug=slug), check_timm=False)
     assert len(errors) == 1, errors
@@ -321,9 +306,7 @@ def user_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cookiecutter config that keeps replay files and clones out of ~ and out of the output folder."""
     home = tmp_path_factory.mktemp("cookiecutter_home")
     config = home / "config.yaml"
-    config.write_text(
-        f"cookiecutters_dir: {home / 'cookiecutters'}\nreplay_dir: {home / 'replay'}\n", encoding="utf-8"
-    )
+    config.write_text(f"cookiecutters_dir: {home / 'cookiecutters'}\nreplay_dir: {home / 'replay'}\n", encoding="utf-8")
     return config
 
 
@@ -350,14 +333,10 @@ def bake_cli(
 ) -> subprocess.CompletedProcess[str]:
     assert_known_keys(overrides)
     pairs = [f"{key}={value}" for key, value in overrides.items()]
-    return run_cookiecutter(
-        output_dir, user_config, "--no-input", str(TEMPLATE_DIR), *pairs, check_timm=check_timm
-    )
+    return run_cookiecutter(output_dir, user_config, "--no-input", str(TEMPLATE_DIR), *pairs, check_timm=check_timm)
 
 
-def assert_refused(
-    result: subprocess.CompletedProcess[str], output_dir: Path, expected_line: str = ""
-) -> None:
+def assert_refused(result: subprocess.CompletedProcess[str], output_dir: Path, expected_line: str = "") -> None:
     """Non-zero exit, nothing left in output_dir, and (if given) one stderr line starting with expected_line."""
     assert result.returncode != 0, result.stdout
     assert list(output_dir.iterdir()) == [], "cookiecutter left a half-made project"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, cli_args
 from PIL import Image
 
+from conftest import CONFIGS, cli_args
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.loggers import wandb_offline_without_key
 
@@ -102,7 +102,17 @@ def test_corrupt_image_gives_one_line_naming_the_file(tiny_data: Path, tmp_path:
     broken = data / "train" / "circle" / "0000.png"
     broken.write_bytes(b"\x89PNG truncated")
     # One loader worker, so the error crosses a process boundary like it does in real training.
-    args = cli_args("fit", data, tmp_path / "runs", "--data.num_workers", "1", "--data.batch_size", "64", "--config", str(CONFIGS / "debug" / "fast_dev_run.yaml"))
+    args = cli_args(
+        "fit",
+        data,
+        tmp_path / "runs",
+        "--data.num_workers",
+        "1",
+        "--data.batch_size",
+        "64",
+        "--config",
+        str(CONFIGS / "debug" / "fast_dev_run.yaml"),
+    )
     result = run_module(*args, cwd=tmp_path)
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]

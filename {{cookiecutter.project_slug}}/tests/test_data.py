@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE
 from PIL import Image
 
+from conftest import TINY_BACKBONE
 from {{ cookiecutter.package_name }}.data.datamodule import DataModule
 from {{ cookiecutter.package_name }}.errors import DataError
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE
 
+from conftest import TINY_BACKBONE
 from {{ cookiecutter.package_name }}.module import Model
 
 NUM_CLASSES = 5
@@ -19,7 +19,10 @@ def model() -> Model:
     return Model(backbone=TINY_BACKBONE, pretrained=False, num_classes=NUM_CLASSES)
 
 
-def test_output_shape_with_asymmetric_input(model: Model) -> None:
+# mobilenetv3 has a layer after pooling, so its feature width differs from num_features.
+@pytest.mark.parametrize("backbone", [TINY_BACKBONE, "mobilenetv3_small_050"])
+def test_output_shape_with_asymmetric_input(backbone: str) -> None:
+    model = Model(backbone=backbone, pretrained=False, num_classes=NUM_CLASSES)
     # Height != width, so swapped axes anywhere in the network would show up as a wrong shape or an error.
     logits = model({"image": torch.randn(2, 3, 32, 48)})
     assert logits.shape == (2, NUM_CLASSES)

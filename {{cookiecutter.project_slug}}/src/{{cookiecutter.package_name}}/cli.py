@@ -125,7 +125,9 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
     if argv and argv[0] in PROJECT_COMMANDS:
         PROJECT_COMMANDS[argv[0]](argv[1:])
         return None
-    epilog = "project commands: " + ", ".join(f"{name} (python -m {PACKAGE} {name} --help)" for name in PROJECT_COMMANDS)
+    epilog = "project commands: " + ", ".join(
+        f"{name} (python -m {PACKAGE} {name} --help)" for name in PROJECT_COMMANDS
+    )
     try:
         return ProjectCLI(
             Model,

@@ -24,6 +24,7 @@ def wandb_offline_without_key() -> bool:
         return False
     os.environ["WANDB_MODE"] = "offline"
     rank_zero_info(
-        "W&B: no API key found (WANDB_API_KEY or `wandb login`), logging offline; upload later with `wandb sync <run>/wandb`"
+        "W&B: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "
+        "upload later with `wandb sync <run folder>/wandb`"
     )
     return True

@@ -70,9 +70,11 @@ class Model(pl.LightningModule):
         loss = self.task.loss(logits, batch["target"])
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), batch["target"])
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        on_step, size = stage == "train", len(batch["target"])
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step, batch_size=size
+        )
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=size)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

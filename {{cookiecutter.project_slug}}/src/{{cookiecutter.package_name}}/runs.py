@@ -63,7 +63,9 @@ def find_last_checkpoint(runs_root: str | Path) -> Path:
     """The most recently written `last.ckpt` of any run."""
     found = _newest(list(Path(runs_root).glob("*/checkpoints/last.ckpt")))
     if found is None:
-        raise ProjectError(f"ckpt_path=last: no {runs_root}/*/checkpoints/last.ckpt yet; run `fit` first or pass a path")
+        raise ProjectError(
+            f"ckpt_path=last: no {runs_root}/*/checkpoints/last.ckpt yet; run `fit` first or pass a path"
+        )
     return found
 
 

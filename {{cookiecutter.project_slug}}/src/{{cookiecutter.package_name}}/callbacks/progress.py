@@ -31,7 +31,9 @@ class PlainProgressBar(ProgressBar):
             print(message, flush=True)
 
     def _metrics(self, trainer: pl.Trainer, prefixes: tuple[str, ...]) -> str:
-        items = sorted((k, v) for k, v in self.get_metrics(trainer, trainer.lightning_module).items() if k.startswith(prefixes))
+        items = sorted(
+            (k, v) for k, v in self.get_metrics(trainer, trainer.lightning_module).items() if k.startswith(prefixes)
+        )
         return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -41,13 +43,18 @@ class PlainProgressBar(ProgressBar):
         step = batch_idx + 1
         if step % self.every_n_steps == 0:
             total = self.total_train_batches
-            self._print(trainer, f"epoch {trainer.current_epoch} step {step}/{total}  {self._metrics(trainer, ('train/',))}")
+            self._print(
+                trainer, f"epoch {trainer.current_epoch} step {step}/{total}  {self._metrics(trainer, ('train/',))}"
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         seconds = time.perf_counter() - self._epoch_start
-        self._print(trainer, f"epoch {trainer.current_epoch} done in {seconds:.1f}s  {self._metrics(trainer, ('train/', 'val/'))}")
+        self._print(
+            trainer,
+            f"epoch {trainer.current_epoch} done in {seconds:.1f}s  {self._metrics(trainer, ('train/', 'val/'))}",
+        )
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print(trainer, f"test  {self._metrics(trainer, ('test/',))}")

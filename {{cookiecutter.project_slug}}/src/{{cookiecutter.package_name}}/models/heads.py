@@ -13,6 +13,10 @@ class LinearHead(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(in_features, out_features)
+        # Near-zero logits at the start: the first predictions are uniform and the loss starts at chance
+        # (ln C for cross-entropy), instead of confidently wrong.
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(features))

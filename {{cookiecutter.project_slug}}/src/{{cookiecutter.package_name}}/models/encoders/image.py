@@ -71,7 +71,8 @@ class ImageEncoder(nn.Module):
     def __init__(self, backbone: str = "resnet18", pretrained: bool = False, pretrained_file: str | None = None):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, pretrained_file)
-        self.out_features: int = self.backbone.num_features
+        # Models with a conv/MLP after pooling (MobileNetV3, LCNet, ...) output head_hidden_size, not num_features.
+        self.out_features: int = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone(image)

@@ -1,0 +1,86 @@
+"""Every valid answer renders a clean project: no leftover Jinja, lint-clean, compiles, configs parse."""
+
+from __future__ import annotations
+
+import compileall
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TEMPLATE_DIR, bake
+
+from hooks.pre_gen_project import CHOICES, valid_combinations
+
+# Every supported (task, modality, fusion) with the default logger, and every logger with the default combination.
+BAKES = [combo for combo in valid_combinations()] + [{"logger": logger} for logger in CHOICES["logger"]]
+LEFTOVER_JINJA = re.compile(r"\{\{|\{%|\{#")
+
+
+def bake_id(overrides: dict) -> str:
+    return "-".join(f"{v}" for v in overrides.values())
+
+
+@pytest.fixture(params=BAKES, ids=bake_id)
+def project(request: pytest.FixtureRequest, cookies, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return bake(cookies, monkeypatch, **request.param)
+
+
+def text_files(project: Path) -> list[Path]:
+    return [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts]
+
+
+def test_no_unrendered_template_syntax(project: Path) -> None:
+    for path in text_files(project):
+        text = path.read_text(encoding="utf-8")
+        if ".github" in path.parts:  # GitHub Actions' own ${{ }} expressions are meant to survive
+            text = text.replace("${{", "")
+        match = LEFTOVER_JINJA.search(text)
+        assert match is None, f"{path.relative_to(project)}: {text[max(0, match.start() - 40) : match.end() + 40]!r}"
+
+
+def test_ruff_check_and_format_pass(project: Path) -> None:
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, f"ruff {' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+def test_python_compiles_and_configs_parse(project: Path) -> None:
+    assert compileall.compile_dir(project, quiet=1, force=True)
+    for config in project.glob("configs/**/*.yaml"):
+        assert isinstance(yaml.safe_load(config.read_text(encoding="utf-8")), dict), config
+    tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_answers_and_template_version_are_recorded(project: Path) -> None:
+    recorded = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
+    template = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text(encoding="utf-8"))
+    assert recorded["_template_version"] == template["_template_version"]
+    for key in ("task_type", "modality", "fusion", "logger", "backbone", "package_name"):
+        assert key in recorded
+    package = recorded["package_name"]
+    init = (project / "src" / package / "__init__.py").read_text(encoding="utf-8")
+    assert f'__template_version__ = "{template["_template_version"]}"' in init
+
+
+def test_default_config_names_the_chosen_logger(cookies, monkeypatch: pytest.MonkeyPatch) -> None:
+    classes = {"wandb": "WandbLogger", "tensorboard": "TensorBoardLogger", "csv": "CSVLogger"}
+    for logger, class_name in classes.items():
+        project = bake(cookies, monkeypatch, logger=logger)
+        config = yaml.safe_load((project / "configs" / "default.yaml").read_text(encoding="utf-8"))
+        assert config["trainer"]["logger"]["class_path"].endswith(class_name)
+
+
+def test_dev_requirements_cover_the_rendered_dependencies(cookies, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test environment pre-installs what rendered projects need (see requirements-dev.txt)."""
+    project = bake(cookies, monkeypatch, logger="tensorboard")
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
+    have = (TEMPLATE_DIR / "requirements-dev.txt").read_text(encoding="utf-8")
+    names = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].lower() for line in have.splitlines() if line[:1].isalnum()}
+    missing = [req for req in wanted if re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].lower() not in names]
+    assert not missing, f"add to requirements-dev.txt: {missing}"

@@ -18,6 +18,10 @@ from pathlib import Path
 
 from cookiecutter.main import cookiecutter
 
+if __package__ in (None, ""):  # run as a script: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.rendered_env import install_rendered  # noqa: E402
+
 TEMPLATE = Path(__file__).resolve().parents[1]
 
 
@@ -45,8 +49,10 @@ def main() -> None:
     timings["render"] = time.perf_counter() - start
     package = json.loads((project / ".cookiecutter.json").read_text())["package_name"]
 
-    python = sys.executable
-    run("install", [python, "-m", "pip", "install", "-q", "-e", ".[dev]"], project, timings)
+    started = time.perf_counter()
+    print(f"\n$ python -m venv {project / '.venv'} && pip install -e '.[dev]'", flush=True)
+    python = str(install_rendered(project))
+    timings["install"] = time.perf_counter() - started
     run("toy data", [python, "-m", package, "toy-data"], project, timings)
     run(
         "train",

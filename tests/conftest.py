@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from scripts.rendered_env import install_rendered  # noqa: F401  (re-exported for the tests)
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1]
 COOKIECUTTER_JSON: dict[str, Any] = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text(encoding="utf-8"))
@@ -41,24 +41,3 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeou
     )
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
-
-
-def install_rendered(project: Path, venv: Path) -> Path:
-    """`pip install -e ".[dev]"` of the rendered project into its own venv; return that venv's python.
-
-    The venv sees this environment's packages through a .pth file, so the project's dependencies are already
-    satisfied and pip installs only the project itself, while each rendered package stays out of the others'
-    import path.
-    """
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    Path(site, "_template_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
-    run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-build-isolation", "-e", ".[dev]"],
-        cwd=project,
-    )
-    return python

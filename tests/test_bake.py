@@ -84,3 +84,19 @@ def test_dev_requirements_cover_the_rendered_dependencies(cookies, monkeypatch: 
     names = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].lower() for line in have.splitlines() if line[:1].isalnum()}
     missing = [req for req in wanted if re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].lower() not in names]
     assert not missing, f"add to requirements-dev.txt: {missing}"
+
+
+def test_every_template_file_is_tracked_by_git() -> None:
+    """A .gitignore pattern (the rendered project's or ours) must never hide template files from commits."""
+    git = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=TEMPLATE_DIR, capture_output=True)
+    if git.returncode != 0:
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "{{cookiecutter.project_slug}}"],
+        cwd=TEMPLATE_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    ignored = [path for path in ignored if "__pycache__" not in path and not path.endswith(".pyc")]
+    assert not ignored, f"ignored by a .gitignore, so missing from every clone: {ignored}"

@@ -48,6 +48,14 @@ def test_resume_from_last_continues_the_step_count(tiny_data: Path, tmp_path: Pa
     assert set(checkpoint["provenance"]) >= {"git_commit", "data_fingerprint", "template_version"}
 
 
+def test_bf16_mixed_precision_and_channels_last_train_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
+    extra = ["--trainer.precision", "bf16-mixed", "--model.channels_last", "true", "--trainer.max_epochs", "1"]
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, *extra))
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    assert cli.model.network.encoders["image"].backbone.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_fit_writes_summary_and_predict_writes_one_row_per_input(tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))

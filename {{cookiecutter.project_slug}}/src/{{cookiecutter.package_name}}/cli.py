@@ -134,7 +134,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             DataModule,
             trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"epilog": epilog},
+            parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},
             args=args,  # None: LightningCLI reads sys.argv itself
         )
     except ProjectError as error:

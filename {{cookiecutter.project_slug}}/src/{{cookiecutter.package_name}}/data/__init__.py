@@ -1,0 +1,1 @@
+"""Datasets per modality, the toy data writer and the DataModule."""

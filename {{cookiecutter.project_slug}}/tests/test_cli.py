@@ -48,6 +48,18 @@ def test_resume_from_last_continues_the_step_count(tiny_data: Path, tmp_path: Pa
     assert set(checkpoint["provenance"]) >= {"git_commit", "data_fingerprint", "template_version"}
 
 
+@pytest.mark.parametrize("logger", ["wandb", "csv"])
+def test_resume_continues_the_same_logger_run(logger: str, tiny_data: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1", logger=logger))
+    resumed = main(
+        cli_args(
+            "fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "2", "--ckpt_path", "last", logger=logger
+        )
+    )
+    assert resumed.trainer.logger.version == first.trainer.logger.version
+
+
 def test_bf16_mixed_precision_and_channels_last_train_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
     extra = ["--trainer.precision", "bf16-mixed", "--model.channels_last", "true", "--trainer.max_epochs", "1"]
     cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, *extra))

@@ -10,24 +10,30 @@ Every run gets its own folder under `runs/` (see runs.py); `--ckpt_path last|bes
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 from . import runs
 from .callbacks.prediction_writer import CSVPredictionWriter
 from .callbacks.progress import progress_bar_for
+from .checkpoint_io import AtomicCheckpointIO
 from .data import toy
 from .data.datamodule import DataModule
 from .errors import ProjectError
 from .loggers import wandb_offline_without_key
 from .module import Model
+from .precision import check_strategy_available, supported_precision
 
 PACKAGE = __package__
 # Commands that are not Trainer methods: name -> main(argv).
@@ -47,20 +53,33 @@ class ProjectCLI(LightningCLI):
         config = self.config[self.subcommand]
         ckpt_path = self._resolve_ckpt_path(config.runs_dir, config.get("ckpt_path"))
         config.ckpt_path = str(ckpt_path) if ckpt_path else None
-        run_dir = None
-        if ckpt_path is not None and self.subcommand == "fit":
-            run_dir = runs.run_dir_of_checkpoint(ckpt_path)  # resuming: continue in the same folder
+        resuming = ckpt_path is not None and self.subcommand == "fit"
+        # A resumed fit continues in its own folder and its own logger runs.
+        run_dir = runs.run_dir_of_checkpoint(ckpt_path) if resuming else None
         self.run_dir = run_dir or runs.new_run_dir(config.runs_dir, self.subcommand)
         runs.share_with_child_processes(self.run_dir)
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
-        for logger in _as_list(config.trainer.logger):
+        loggers = _as_list(config.trainer.logger)
+        versions = runs.saved_logger_versions(ckpt_path) if resuming else []
+        for logger, version in itertools.zip_longest(loggers, versions[: len(loggers)]):
             if "save_dir" in logger.init_args:
                 logger.init_args.save_dir = str(self.run_dir)
+            if version is not None and "version" in logger.init_args:
+                logger.init_args.version = version
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
                 wandb_offline_without_key()
+        check_strategy_available(config.trainer.get("strategy"))
+        config.trainer.precision = supported_precision(config.trainer.get("precision"))
         self._started = time.perf_counter()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Crash-safe checkpoint files, unless a strategy brings its own writer (DeepSpeed, sharded FSDP).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _resolve_ckpt_path(self, runs_dir: str, ckpt_path: str | None) -> Path | None:
         if ckpt_path in (None, ""):
@@ -73,6 +92,20 @@ class ProjectCLI(LightningCLI):
         if not path.is_file():
             raise ProjectError(f"ckpt_path={ckpt_path!r} does not exist (use a file, 'last' or 'best')")
         return path
+
+    @rank_zero_only
+    def after_validate(self) -> None:
+        self._write_metrics("validate")
+
+    @rank_zero_only
+    def after_test(self) -> None:
+        self._write_metrics("test")
+
+    def _write_metrics(self, command: str) -> None:
+        """`<run>/<command>_metrics.json`: the numbers a script or a report reads back (synced across ranks)."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        path = runs.write_json(self.run_dir / f"{command}_metrics.json", metrics)
+        print(f"Metrics written to {path}")
 
     @rank_zero_only
     def after_fit(self) -> None:
@@ -93,7 +126,7 @@ class ProjectCLI(LightningCLI):
         if trainer.fast_dev_run:
             print(f"fast_dev_run finished in {summary['seconds']} s (no checkpoints are written in this mode)")
             return
-        runs.write_summary(self.run_dir, summary)
+        runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
         print(f"\nFinished fit in {summary['seconds']} s: {summary['epochs']} epochs, {summary['global_step']} steps")
         print("Final validation metrics:")
         for name, value in sorted(metrics.items()):

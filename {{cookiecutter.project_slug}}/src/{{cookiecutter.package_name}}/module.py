@@ -75,12 +75,9 @@ class Model(pl.LightningModule):
             self.network.compile()  # in place: parameter names and checkpoints are unchanged
             self._compiled = True
 
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        if self.hparams.channels_last and "image" in batch:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        return batch
-
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.hparams.channels_last and "image" in batch:
+            batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
         return self.network(batch)
 
     # One loop for every stage: outputs -> loss -> metrics -> log.
@@ -138,5 +135,6 @@ class Model(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What is needed to reproduce this checkpoint: code version and data identity.
-        datamodule = getattr(self.trainer, "datamodule", None)
-        checkpoint["provenance"] = provenance(datamodule)
+        checkpoint["provenance"] = provenance(getattr(self.trainer, "datamodule", None))
+        # The logger runs (W&B run id, TensorBoard/CSV version) a resumed fit continues instead of starting anew.
+        checkpoint["logger_versions"] = [logger.version for logger in self.trainer.loggers]

@@ -20,11 +20,13 @@ SUMMARY_FILE = "summary.json"
 
 
 def _job_id() -> str | None:
-    """An id all ranks of one multi-process job share, when a launcher provides one."""
+    """An id all ranks of one multi-process job share, when a launcher started them (SLURM, torchrun)."""
     for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
         value = os.environ.get(var)
         if value and value != "none":
             return value
+    if "RANK" in os.environ and "MASTER_ADDR" in os.environ:  # torchrun without --rdzv-id
+        return f"{os.environ['MASTER_ADDR']}-{os.environ.get('MASTER_PORT', '')}".replace(".", "_")
     return None
 
 
@@ -86,9 +88,16 @@ def run_dir_of_checkpoint(ckpt_path: Path) -> Path | None:
     return parent.parent if parent.name == "checkpoints" else None
 
 
-def write_summary(run_dir: Path, summary: dict) -> Path:
-    path = run_dir / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+def saved_logger_versions(ckpt_path: Path) -> list:
+    """The logger versions (W&B run ids, ...) a checkpoint was written under; memory-mapped, so cheap."""
+    import torch  # not at module level: run-folder helpers stay importable without torch
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    return list(checkpoint.get("logger_versions", []))
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     return path
 
 

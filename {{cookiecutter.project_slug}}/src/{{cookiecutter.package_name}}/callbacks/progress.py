@@ -1,7 +1,8 @@
 """Progress output for logs that are not a terminal (CI, SLURM, `nohup ... > log`).
 
 A live progress bar redraws the same line with carriage returns, which turns a log file into megabytes of
-noise. This prints one plain line every `every_n_steps` training steps and one at the end of each epoch.
+noise. This prints one plain line every `trainer.log_every_n_steps` training steps (or `every_n_steps` when
+given) and one at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
 
 class PlainProgressBar(ProgressBar):
-    def __init__(self, every_n_steps: int = 50):
+    def __init__(self, every_n_steps: int | None = None):
         super().__init__()
         self.every_n_steps = every_n_steps
         self._enabled = True
@@ -41,7 +42,7 @@ class PlainProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         step = batch_idx + 1
-        if step % self.every_n_steps == 0:
+        if step % (self.every_n_steps or trainer.log_every_n_steps or 50) == 0:
             total = self.total_train_batches
             self._print(
                 trainer, f"epoch {trainer.current_epoch} step {step}/{total}  {self._metrics(trainer, ('train/',))}"

@@ -1,0 +1,229 @@
+"""Framework overhead: training steps/s of the rendered project under Lightning vs. a hand-written PyTorch loop.
+
+    python benchmarks/framework_overhead.py [--steps 24] [--warmup 4] [--repeats 3]
+
+Both sides train the default project's toy preset (configs/default.yaml + configs/toy.yaml: resnet10t at 48 px,
+batch 64, AdamW with its per-step warmup + cosine schedule) on its toy data, on the CPU:
+
+- Lightning: the project's own `fit` command, as a user runs it, with all its callbacks (progress lines,
+  LearningRateMonitor, ModelCheckpoint writing last.ckpt at every epoch end, prediction writer) and its logger
+  (W&B, offline without an API key). Only validation is off (`--trainer.limit_val_batches 0`), because the plain
+  loop has none, and `--trainer.max_steps` fixes the length.
+- plain: the loop in `plain_loop` below, in the same kind of process (the project's venv python, started in the
+  project folder, same environment): the same `Model` and `DataModule` built from the same two config files, the
+  same DataLoader (`DataModule.train_dataloader()`: batch size, workers, shuffling), the optimizer and schedule
+  from `Model.configure_optimizers`, and per step the work of `Model.training_step` without Lightning: forward,
+  loss, train-metric update, backward, optimizer step, scheduler step.
+
+Both time the same window with `probes.StepWindow`: from batch start `--warmup` to batch start `--warmup +
+--steps` (a batch start is when a step has its batch and is about to run forward), so process start, model build
+and the first steps stay out. Repeats alternate Lightning, plain, Lightning, plain, ... so that drift in the
+machine's speed hits both; the table gives medians over repeats and their ratio (goal: >= 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+
+from common import (
+    OtherCpuUse,
+    Project,
+    add_load_arguments,
+    default_project,
+    load_1min,
+    machine_description,
+    markdown_table,
+    median,
+    read_report,
+    run_checked,
+    wait_for_quiet,
+    write_results,
+)
+
+CONFIGS = ("configs/default.yaml", "configs/toy.yaml")
+
+
+def project_config(root: Path) -> dict[str, dict]:
+    """The data and model sections of the toy preset as LightningCLI reads them: later files win, key by key."""
+    merged: dict[str, dict] = {"data": {}, "model": {}, "seed": {}}
+    for name in CONFIGS:
+        config = yaml.safe_load((root / name).read_text(encoding="utf-8"))
+        merged["data"].update(config.get("data") or {})
+        merged["model"].update(config.get("model") or {})
+        if "seed_everything" in config:
+            merged["seed"] = {"seed": config["seed_everything"]}
+    return merged
+
+
+# --- measured code: the plain loop (runs in the project's venv, in the project folder) --------------------------
+
+
+def plain_loop(package: str, first: int, last: int) -> None:
+    """Train `last + 1` steps by hand, timing batch starts `first`..`last` like the Lightning side's callback."""
+    import pytorch_lightning as pl  # only for seed_everything, which the project's CLI also calls
+    from probes import StepWindow
+
+    Model = importlib.import_module(f"{package}.module").Model
+    DataModule = importlib.import_module(f"{package}.data.datamodule").DataModule
+
+    config = project_config(Path.cwd())
+    pl.seed_everything(config["seed"].get("seed"))
+    # What the CLI does: model.backbone is linked into the data, the data's classes into the model.
+    data = DataModule(**config["data"], backbone=config["model"]["backbone"])
+    data.setup("fit")
+    model = Model(**config["model"], num_classes=data.num_classes, class_names=data.class_names)
+    model.configure_model()
+    # configure_optimizers asks the Trainer only for the number of steps; this stand-in answers it, so both sides
+    # step the identical AdamW param groups and per-step LambdaLR.
+    model.trainer = SimpleNamespace(estimated_stepping_batches=last + 1)
+    optimization = model.configure_optimizers()
+    optimizer, scheduler = optimization["optimizer"], optimization["lr_scheduler"]["scheduler"]
+    loader = data.train_dataloader()
+
+    model.train()
+    window = StepWindow(first, last)
+    step = 0
+    while step <= last:
+        for batch_idx, batch in enumerate(loader):
+            window.tick(batch_idx)
+            logits = model(batch)
+            loss = model.task.loss(logits, batch["target"])
+            model.train_metrics.update(logits.detach(), batch["target"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step > last:
+                break
+        # The epoch-level train metrics the project logs (log_dict(on_epoch=True)) are computed once per epoch.
+        model.train_metrics.compute()
+        model.train_metrics.reset()
+
+
+# --- measured code: the two commands ------------------------------------------------------------------------------
+
+
+def lightning_command(project: Project, first: int, last: int) -> list[str]:
+    clock = {"class_path": "probes.StepWindowClock", "init_args": {"first": first, "last": last}}
+    return project.command(
+        "fit",
+        *(arg for name in CONFIGS for arg in ("--config", name)),
+        *("--trainer.max_epochs", "-1", "--trainer.max_steps", str(last + 1)),
+        *("--trainer.limit_val_batches", "0"),
+        "--trainer.callbacks+=" + json.dumps(clock),
+    )
+
+
+def plain_command(project: Project, first: int, last: int) -> list[str]:
+    worker = ["--plain-worker", "--package", project.package, "--first", str(first), "--last", str(last)]
+    return [str(project.python), __file__, *worker]
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def summarize(reports: list[dict]) -> dict[str, float | list[float]]:
+    """Medians over repeats: steps/s of the whole window, a step inside an epoch, the extra of an epoch boundary."""
+    per_run = [r["steps"] / r["seconds"] for r in reports]
+    inside, boundary = [], []
+    for r in reports:
+        steps = list(zip(r["step_seconds"], r["into_new_epoch"], strict=True))
+        inside.append(median([s for s, new in steps if not new]))
+        crossing = [s for s, new in steps if new]
+        boundary.append(sum(crossing) / len(crossing) - inside[-1] if crossing else float("nan"))
+    return {"per_run": per_run, "steps_s": median(per_run), "inside": median(inside), "boundary": median(boundary)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24, help="steps in the timed window (default 24: two epochs)")
+    parser.add_argument("--warmup", type=int, default=4, help="steps before the window (default 4)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
+    add_load_arguments(parser)
+    parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--package", help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--last", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_worker:
+        plain_loop(args.package, args.first, args.last)
+        return
+
+    first, last = args.warmup, args.warmup + args.steps
+    with default_project() as project:
+        config = project_config(project.root)
+        loops = {
+            "Lightning (the project's `fit`)": lightning_command(project, first, last),
+            "plain PyTorch loop": plain_command(project, first, last),
+        }
+        conditions = [wait_for_quiet(args.max_load, args.wait)]
+        reports: dict[str, list[dict]] = {name: [] for name in loops}
+        with OtherCpuUse() as other:
+            for repeat in range(args.repeats):
+                for name, command in loops.items():
+                    report = read_report(run_checked(command, project.root).stdout)
+                    reports[name].append(report)
+                    print(f"repeat {repeat + 1}/{args.repeats} {name}: {report['steps'] / report['seconds']:.3f} steps/s")
+        conditions += [other.line(), f"1-min load average when measuring ended: {load_1min():.2f}"]
+        machine = machine_description(project.python)
+
+    lightning, plain = (summarize(r) for r in reports.values())
+    batch = config["data"]["batch_size"]
+    rows = [
+        [
+            name,
+            f"{s['steps_s']:.3f}",
+            f"{s['steps_s'] * batch:.1f}",
+            ", ".join(f"{v:.3f}" for v in s["per_run"]),
+            f"{s['inside'] * 1000:.0f}",
+            f"{s['boundary'] * 1000:+.0f}",
+        ]
+        for name, s in (("Lightning (the project's `fit`)", lightning), ("plain PyTorch loop", plain))
+    ]
+    headers = ["loop", "steps/s (median)", "images/s", "steps/s per run", "step inside an epoch (ms)", "epoch end (ms)"]
+    pair_ratios = [a / b for a, b in zip(lightning["per_run"], plain["per_run"], strict=True)]
+    ratio = lightning["steps_s"] / plain["steps_s"]
+    table = "\n".join(
+        [
+            markdown_table(headers, rows),
+            "",
+            f"**Lightning / plain = {ratio:.3f}** (goal >= 0.95; "
+            f"per repeat: {', '.join(f'{r:.3f}' for r in pair_ratios)}).",
+        ]
+    )
+    print("\n" + table)
+
+    data, model = config["data"], config["model"]
+    method = [
+        f"What runs: the rendered default project's toy preset ({' + '.join(CONFIGS)}): backbone "
+        f"{model['backbone']} (pretrained={model['pretrained']}), {data['image_size']} px, batch {batch}, "
+        f"num_workers={data['num_workers']} (null: cpu_count - 1), AdamW lr {model['lr']} with per-step warmup + "
+        "cosine, fp32 on the CPU, toy data written by `python -m <package> toy-data`.",
+        "Lightning: the project's `fit` command with all its callbacks and its logger (W&B offline), "
+        "checkpointing on (last.ckpt at every epoch end, as in a real run; no best checkpoint since there is no "
+        "val/acc), validation off (`--trainer.limit_val_batches 0`), `--trainer.max_steps` for the length, "
+        "plus the timing callback `probes.StepWindowClock`.",
+        "plain: a hand-written loop (`plain_loop` in the script) with the same Model, DataModule and DataLoader, the "
+        "optimizer and schedule from `Model.configure_optimizers`, and training_step's work without Lightning "
+        "(forward, loss, metric update, backward, optimizer and scheduler step; epoch-level metric compute).",
+        f"Timed window: from batch start {first} to batch start {last} ({args.steps} steps; a batch start is when "
+        "the step has its batch and is about to run forward), so process start, model build and warm-up stay out. "
+        "Both loops cross the same epoch boundaries (same loader, same epoch length) inside the window.",
+        f"{args.repeats} repeats of each loop, each in a fresh process, alternating Lightning, plain, Lightning, "
+        "...; figures are medians over the repeats.",
+        "'step inside an epoch': median time between consecutive batch starts within an epoch. 'epoch end': "
+        "the extra time of a step that runs into the next epoch (epoch-end hooks, checkpoint, logger flush, "
+        "the first batch of the new epoch) over a step inside an epoch.",
+    ]
+    write_results("framework_overhead", "Framework overhead: Lightning vs. a plain PyTorch loop", table, method, conditions, machine)
+
+
+if __name__ == "__main__":
+    main()

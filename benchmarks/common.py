@@ -28,7 +28,7 @@ TEMPLATE = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
 MARKER = "BENCHMARK "  # the prefix probes.report prints
 
-sys.path.insert(0, str(TEMPLATE))  # make `scripts` importable when a benchmark runs as a script
+sys.path.append(str(TEMPLATE))  # make `scripts` importable when a benchmark runs as a script
 from scripts.rendered_env import install_rendered  # noqa: E402
 
 # --- the rendered project -------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
-
 from common import (
     OtherCpuUse,
     Project,
@@ -47,6 +46,7 @@ from common import (
 )
 
 CONFIGS = ("configs/default.yaml", "configs/toy.yaml")
+LIGHTNING, PLAIN = "Lightning (the project's `fit`)", "plain PyTorch loop"
 
 
 def project_config(root: Path) -> dict[str, dict]:
@@ -87,7 +87,7 @@ def plain_loop(package: str, first: int, last: int) -> None:
     loader = data.train_dataloader()
 
     model.train()
-    window = StepWindow(first, last)
+    window = StepWindow(first, last, num_workers=loader.num_workers)
     step = 0
     while step <= last:
         for batch_idx, batch in enumerate(loader):
@@ -129,7 +129,7 @@ def plain_command(project: Project, first: int, last: int) -> list[str]:
 # --- the benchmark ------------------------------------------------------------------------------------------------
 
 
-def summarize(reports: list[dict]) -> dict[str, float | list[float]]:
+def summarize(reports: list[dict]) -> dict:
     """Medians over repeats: steps/s of the whole window, a step inside an epoch, the extra of an epoch boundary."""
     per_run = [r["steps"] / r["seconds"] for r in reports]
     inside, boundary = [], []
@@ -137,8 +137,15 @@ def summarize(reports: list[dict]) -> dict[str, float | list[float]]:
         steps = list(zip(r["step_seconds"], r["into_new_epoch"], strict=True))
         inside.append(median([s for s, new in steps if not new]))
         crossing = [s for s, new in steps if new]
-        boundary.append(sum(crossing) / len(crossing) - inside[-1] if crossing else float("nan"))
-    return {"per_run": per_run, "steps_s": median(per_run), "inside": median(inside), "boundary": median(boundary)}
+        if crossing:
+            boundary.append(sum(crossing) / len(crossing) - inside[-1])
+    return {
+        "per_run": per_run,
+        "steps_s": median(per_run),
+        "inside": median(inside),
+        "boundary": median(boundary) if boundary else None,
+        "num_workers": reports[0].get("num_workers"),
+    }
 
 
 def main() -> None:
@@ -159,23 +166,22 @@ def main() -> None:
     first, last = args.warmup, args.warmup + args.steps
     with default_project() as project:
         config = project_config(project.root)
-        loops = {
-            "Lightning (the project's `fit`)": lightning_command(project, first, last),
-            "plain PyTorch loop": plain_command(project, first, last),
-        }
+        loops = {LIGHTNING: lightning_command(project, first, last), PLAIN: plain_command(project, first, last)}
         conditions = [wait_for_quiet(args.max_load, args.wait)]
         reports: dict[str, list[dict]] = {name: [] for name in loops}
         with OtherCpuUse() as other:
             for repeat in range(args.repeats):
-                for name, command in loops.items():
+                for name, command in loops.items():  # alternating: drift in the machine's speed hits both
                     report = read_report(run_checked(command, project.root).stdout)
                     reports[name].append(report)
-                    print(f"repeat {repeat + 1}/{args.repeats} {name}: {report['steps'] / report['seconds']:.3f} steps/s")
+                    speed = report["steps"] / report["seconds"]
+                    print(f"repeat {repeat + 1}/{args.repeats} {name}: {speed:.3f} steps/s", flush=True)
         conditions += [other.line(), f"1-min load average when measuring ended: {load_1min():.2f}"]
         machine = machine_description(project.python)
 
-    lightning, plain = (summarize(r) for r in reports.values())
+    results = {name: summarize(runs) for name, runs in reports.items()}
     batch = config["data"]["batch_size"]
+    headers = ["loop", "steps/s (median)", "images/s", "steps/s per run", "step inside an epoch (ms)", "epoch end (ms)"]
     rows = [
         [
             name,
@@ -183,28 +189,24 @@ def main() -> None:
             f"{s['steps_s'] * batch:.1f}",
             ", ".join(f"{v:.3f}" for v in s["per_run"]),
             f"{s['inside'] * 1000:.0f}",
-            f"{s['boundary'] * 1000:+.0f}",
+            "none in the window" if s["boundary"] is None else f"{s['boundary'] * 1000:+.0f}",
         ]
-        for name, s in (("Lightning (the project's `fit`)", lightning), ("plain PyTorch loop", plain))
+        for name, s in results.items()
     ]
-    headers = ["loop", "steps/s (median)", "images/s", "steps/s per run", "step inside an epoch (ms)", "epoch end (ms)"]
-    pair_ratios = [a / b for a, b in zip(lightning["per_run"], plain["per_run"], strict=True)]
+    lightning, plain = results[LIGHTNING], results[PLAIN]
     ratio = lightning["steps_s"] / plain["steps_s"]
-    table = "\n".join(
-        [
-            markdown_table(headers, rows),
-            "",
-            f"**Lightning / plain = {ratio:.3f}** (goal >= 0.95; "
-            f"per repeat: {', '.join(f'{r:.3f}' for r in pair_ratios)}).",
-        ]
+    pair_ratios = ", ".join(f"{a / b:.3f}" for a, b in zip(lightning["per_run"], plain["per_run"], strict=True))
+    table = (
+        markdown_table(headers, rows)
+        + f"\n\n**Lightning / plain = {ratio:.3f}** (goal >= 0.95; per repeat: {pair_ratios})."
     )
     print("\n" + table)
 
     data, model = config["data"], config["model"]
     method = [
-        f"What runs: the rendered default project's toy preset ({' + '.join(CONFIGS)}): backbone "
-        f"{model['backbone']} (pretrained={model['pretrained']}), {data['image_size']} px, batch {batch}, "
-        f"num_workers={data['num_workers']} (null: cpu_count - 1), AdamW lr {model['lr']} with per-step warmup + "
+        f"What runs: the rendered default project's toy preset ({' + '.join(CONFIGS)}): {model['backbone']} "
+        f"(pretrained={model['pretrained']}) at {data['image_size']} px, batch {batch}, {plain['num_workers']} "
+        f"loader worker(s) (num_workers: {data['num_workers']}), AdamW lr {model['lr']} with per-step warmup + "
         "cosine, fp32 on the CPU, toy data written by `python -m <package> toy-data`.",
         "Lightning: the project's `fit` command with all its callbacks and its logger (W&B offline), "
         "checkpointing on (last.ckpt at every epoch end, as in a real run; no best checkpoint since there is no "
@@ -216,13 +218,20 @@ def main() -> None:
         f"Timed window: from batch start {first} to batch start {last} ({args.steps} steps; a batch start is when "
         "the step has its batch and is about to run forward), so process start, model build and warm-up stay out. "
         "Both loops cross the same epoch boundaries (same loader, same epoch length) inside the window.",
-        f"{args.repeats} repeats of each loop, each in a fresh process, alternating Lightning, plain, Lightning, "
+        f"Repeats: {args.repeats} of each loop, each in a fresh process, alternating Lightning, plain, Lightning, "
         "...; figures are medians over the repeats.",
         "'step inside an epoch': median time between consecutive batch starts within an epoch. 'epoch end': "
         "the extra time of a step that runs into the next epoch (epoch-end hooks, checkpoint, logger flush, "
         "the first batch of the new epoch) over a step inside an epoch.",
     ]
-    write_results("framework_overhead", "Framework overhead: Lightning vs. a plain PyTorch loop", table, method, conditions, machine)
+    write_results(
+        "framework_overhead",
+        "Framework overhead: Lightning vs. a plain PyTorch loop",
+        table,
+        method,
+        conditions,
+        machine,
+    )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ class StepWindow:
     holds `last - first` whole steps, each including the fetch of the next batch. The report also gives each
     step's time and whether the step ran into a new epoch (the epoch's end and the next one's first batch).
     With `synchronize`, queued CUDA work is waited for at both ends of the window only (per-step times are
-    then meaningless, the total is right).
+    then meaningless, the total is right). `info` is added to the report as it is.
     """
 
-    def __init__(self, first: int, last: int, synchronize: bool = False):
-        self.first, self.last, self.synchronize = first, last, synchronize
+    def __init__(self, first: int, last: int, synchronize: bool = False, **info: Any):
+        self.first, self.last, self.synchronize, self.info = first, last, synchronize, info
         self.count = 0
         self.stamps: list[float] = []
         self.new_epoch: list[bool] = []
@@ -51,6 +51,7 @@ class StepWindow:
                 step_seconds=steps,
                 into_new_epoch=self.new_epoch[1:],
                 **memory_stats(),
+                **self.info,
             )
         self.count += 1
 

@@ -32,6 +32,16 @@ def test_default_project_passes_its_own_tests(cookies, monkeypatch: pytest.Monke
     assert " passed" in output and "failed" not in output
 
 
+@pytest.mark.xdist_group("rendered-suite")
+def test_default_project_passes_its_multiprocess_tests(
+    cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The rendered `pytest -m slow`: DDP on two CPU processes (gloo), SIGKILL mid-epoch and resume."""
+    project, python, _ = rendered(cookies, monkeypatch, tmp_path)
+    output = run([str(python), "-m", "pytest", "-q", "-m", "slow", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
+    assert " passed" in output and "failed" not in output and "skipped" not in output
+
+
 @pytest.mark.parametrize("logger", ["wandb", "tensorboard", "csv"])
 def test_each_logger_trains_through_the_cli(
     logger: str, cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -23,6 +23,9 @@ def _offline_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Tests started inside a SLURM job or torchrun must still get a run folder per command.
+    for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "RANK", "PROJECT_RUN_DIR"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,12 @@ def test_ranks_of_one_launch_share_the_folder_rank_zero_made(tmp_path: Path) -> 
     assert runs.new_run_dir(tmp_path, "fit") != first
 
 
+def test_ranks_of_a_slurm_job_share_one_folder_across_requeues(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    first = runs.new_run_dir(tmp_path, "fit")
+    assert first.name == "fit-job4242" and runs.new_run_dir(tmp_path, "fit") == first
+
+
 def test_last_and_best_without_any_run_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ProjectError, match="ckpt_path=last.*run `fit` first"):
         runs.find_last_checkpoint(tmp_path)

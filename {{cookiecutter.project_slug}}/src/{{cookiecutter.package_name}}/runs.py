@@ -39,8 +39,8 @@ def new_run_dir(runs_root: str | Path, subcommand: str) -> Path:
     runs_root = Path(runs_root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     job = _job_id()
-    if job is not None:
-        path = runs_root / f"{stamp[:8]}-{subcommand}-job{job}"
+    if job is not None:  # no date in the name: a job requeued the next day must find its folder again
+        path = runs_root / f"{subcommand}-job{job}"
         path.mkdir(parents=True, exist_ok=True)
         return path
     while True:

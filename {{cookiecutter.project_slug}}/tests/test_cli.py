@@ -48,6 +48,12 @@ def test_resume_from_last_continues_the_step_count(tiny_data: Path, tmp_path: Pa
     assert set(checkpoint["provenance"]) >= {"git_commit", "data_fingerprint", "template_version"}
 
 
+def run_identity(cli) -> tuple:  # noqa: ANN001
+    """W&B: the run id; TensorBoard/CSV: the version folder."""
+    logger = cli.trainer.logger
+    return logger.version, getattr(logger, "log_dir", None)
+
+
 @pytest.mark.parametrize("logger", ["wandb", "csv"])
 def test_resume_continues_the_same_logger_run(logger: str, tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
@@ -57,7 +63,11 @@ def test_resume_continues_the_same_logger_run(logger: str, tiny_data: Path, tmp_
             "fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "2", "--ckpt_path", "last", logger=logger
         )
     )
-    assert resumed.trainer.logger.version == first.trainer.logger.version
+    assert run_identity(resumed) == run_identity(first)
+    fresh = main(
+        cli_args("fit", tiny_data, tmp_path / "other_runs", *FEW_BATCHES, "--trainer.max_epochs", "1", logger=logger)
+    )
+    assert run_identity(fresh) != run_identity(first)  # a new fit is a new logger run
 
 
 def test_bf16_mixed_precision_and_channels_last_train_on_cpu(tiny_data: Path, tmp_path: Path) -> None:

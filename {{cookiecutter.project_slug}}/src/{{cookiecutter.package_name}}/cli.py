@@ -31,7 +31,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .data import toy
 from .data.datamodule import DataModule
 from .errors import ProjectError
-from .loggers import wandb_offline_without_key
+from .loggers import finish_wandb_runs, wandb_offline_without_key
 from .module import Model
 from .precision import check_strategy_available, supported_precision
 
@@ -162,7 +162,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
         f"{name} (python -m {PACKAGE} {name} --help)" for name in PROJECT_COMMANDS
     )
     try:
-        return ProjectCLI(
+        cli = ProjectCLI(
             Model,
             DataModule,
             trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
@@ -170,6 +170,8 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},
             args=args,  # None: LightningCLI reads sys.argv itself
         )
+        finish_wandb_runs(cli.trainer.loggers)
+        return cli
     except ProjectError as error:
         sys.exit(f"error: {_one_line(error)}")
     finally:

@@ -28,3 +28,11 @@ def wandb_offline_without_key() -> bool:
         "upload later with `wandb sync <run folder>/wandb`"
     )
     return True
+
+
+def finish_wandb_runs(loggers: list) -> None:
+    """End this command's W&B runs, so a next command in the same process (tests, notebooks) starts or resumes
+    its own run instead of silently logging into this one."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()

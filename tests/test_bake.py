@@ -100,3 +100,24 @@ def test_every_template_file_is_tracked_by_git() -> None:
     ).stdout.split()
     ignored = [path for path in ignored if "__pycache__" not in path and not path.endswith(".pyc")]
     assert not ignored, f"ignored by a .gitignore, so missing from every clone: {ignored}"
+
+
+def test_ci_workflow_keeps_github_expressions_and_parses(project: Path) -> None:
+    text = (project / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    assert "${{ vars.PYTHON_VERSION" in text  # GitHub's own expression syntax survives rendering
+    workflow = yaml.safe_load(text)
+    steps = workflow["jobs"]["test"]["steps"]
+    assert any("pytest" in step.get("run", "") for step in steps)
+
+
+def test_makefile_targets_resolve(project: Path) -> None:
+    help_text = subprocess.run(["make", "help"], cwd=project, capture_output=True, text=True, check=True).stdout
+    for target in ("install", "data", "train", "test", "lint"):
+        assert target in help_text
+        dry = subprocess.run(["make", "-n", target], cwd=project, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+    package = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))["package_name"]
+    assert (
+        f"-m {package} fit"
+        in subprocess.run(["make", "-n", "train"], cwd=project, capture_output=True, text=True).stdout
+    )

@@ -4,6 +4,8 @@
     python -m PACKAGE fit     --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE test    --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
     python -m PACKAGE predict --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
+    python -m PACKAGE baseline --config configs/default.yaml --config configs/toy.yaml
+    python -m PACKAGE diagnose --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
 
 Every run gets its own folder under `runs/` (see runs.py); `--ckpt_path last|best` finds the newest one.
 """
@@ -34,6 +36,7 @@ from .errors import ProjectError
 from .loggers import finish_wandb_runs, wandb_offline_without_key
 from .module import Model
 from .precision import check_strategy_available, supported_precision
+from .trainer import ProjectTrainer
 
 PACKAGE = __package__
 # Commands that are not Trainer methods: name -> main(argv).
@@ -41,6 +44,11 @@ PROJECT_COMMANDS: dict[str, Callable[[list[str]], None]] = {"toy-data": toy.main
 
 
 class ProjectCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # ProjectTrainer's methods become subcommands like fit's; model and data come from the config, as for validate.
+        return {**LightningCLI.subcommands(), "baseline": {"model", "datamodule"}, "diagnose": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--runs_dir", default="runs", help="Folder that holds one sub-folder per run.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -52,7 +60,8 @@ class ProjectCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         ckpt_path = self._resolve_ckpt_path(config.runs_dir, config.get("ckpt_path"))
-        config.ckpt_path = str(ckpt_path) if ckpt_path else None
+        if "ckpt_path" in config:  # `baseline` takes no checkpoint
+            config.ckpt_path = str(ckpt_path) if ckpt_path else None
         resuming = ckpt_path is not None and self.subcommand == "fit"
         # A resumed fit continues in its own folder and its own logger runs.
         run_dir = runs.run_dir_of_checkpoint(ckpt_path) if resuming else None
@@ -165,6 +174,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
         cli = ProjectCLI(
             Model,
             DataModule,
+            trainer_class=ProjectTrainer,
             trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},

@@ -62,6 +62,8 @@ class DataModule(pl.LightningDataModule):
         val_fraction: share of each class moved from train to val when there is no val/ folder.
         test_fraction: share of each class moved from train to test when there is no test/ folder.
         split_seed: seed of those splits (fixed, so the splits never change between runs).
+        train_dev_fraction: share of each training class held out as `train_dev`: same distribution as train,
+            never trained on; the diagnosis compares it with val to tell over-fitting from data mismatch.
         augment: random resized crop + horizontal flip on the training split.
         predict_root: folder of images to predict (any layout); None predicts the test split.
     """
@@ -76,6 +78,7 @@ class DataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         split_seed: int = 0,
+        train_dev_fraction: float = 0.0,
         augment: bool = True,
         predict_root: str | None = None,
     ):
@@ -105,6 +108,12 @@ class DataModule(pl.LightningDataModule):
                 train, splits[name] = stratified_split(train, fraction, self.hparams.split_seed)
                 if not splits[name]:
                     raise DataError(f"no {self.root / name} folder and data.{name}_fraction=0: nothing to {name} on")
+        if self.hparams.train_dev_fraction > 0:
+            fraction = self.hparams.train_dev_fraction
+            train, splits["train_dev"] = stratified_split(train, fraction, self.hparams.split_seed)
+        # A seeded shuffle (the order is still the same every run): unshuffled views of train, like
+        # `overfit_batches` or a first batch for sanity checks, then see every class, not just the first one.
+        random.Random(self.hparams.split_seed).shuffle(train)
         splits["train"] = train
         return splits
 

@@ -1,0 +1,231 @@
+"""After fit: is the model under-fitting, over-fitting or facing data mismatch, and what to try next.
+
+Evaluates the best checkpoint on train, train-dev, val and test (evaluation transform everywhere), compares the
+errors with a reference error (diagnosis.py), and looks at the val errors: confusion matrix, most-confused
+pairs, the worst examples. Writes `diagnosis.md`, `diagnosis.json`, `confusion_matrix.png` and
+`worst_examples.png` into the run folder and logs them. The `diagnose` command runs the same on a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+from .. import baselines
+from ..diagnosis import Diagnosis as Report
+from ..diagnosis import SplitErrors, diagnose, title, to_dict, to_markdown
+from ..error_analysis import confusion_matrix, confusion_matrix_image, denormalize, image_grid, most_confused
+from ..errors import ProjectError
+from ..evaluation import SplitEvaluation, eval_dataset, evaluate_split
+from ..tasks import MulticlassTask
+
+SPLITS = ("train", "train_dev", "val", "test")
+
+
+class Diagnosis(pl.Callback):
+    """Bias / variance / data-mismatch diagnosis and error analysis at the end of fit.
+
+    Args:
+        reference_error: human-level error on this task (a proxy for the Bayes error), e.g. 0.02. None: the
+            best val error of the newest `baseline` run in the runs folder (when `use_baseline`), else 0.
+        use_baseline: fall back to the newest baseline result when `reference_error` is None.
+        worst_k: how many of the highest-loss val examples to show.
+        enabled: run after fit (the `diagnose` command runs regardless).
+        tolerance: gaps up to this size (an error difference, 0.01 = one point) are not called a problem.
+        train_samples: measure the train error on at most this many training samples (seeded); None: all.
+            Train error is an estimate anyway, and a full pass over a large training set costs an epoch.
+    """
+
+    def __init__(
+        self,
+        reference_error: float | None = None,
+        use_baseline: bool = True,
+        worst_k: int = 16,
+        enabled: bool = True,
+        tolerance: float = 0.01,
+        train_samples: int | None = 10000,
+    ):
+        if reference_error is not None and not 0.0 <= reference_error <= 1.0:
+            raise ValueError(f"reference_error={reference_error} is an error rate: between 0 and 1")
+        self.reference_error = reference_error
+        self.use_baseline = use_baseline
+        self.worst_k = worst_k
+        self.enabled = enabled
+        self.tolerance = tolerance
+        self.train_samples = train_samples
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # fast_dev_run and overfit_batches runs are debugging runs: their errors diagnose nothing.
+        if not self.enabled or trainer.fast_dev_run or trainer.overfit_batches or not trainer.is_global_zero:
+            return
+        if "FSDP" in type(trainer.strategy).__name__ or "DeepSpeed" in type(trainer.strategy).__name__:
+            # Sharded weights: one rank alone cannot run the model. A checkpoint on one device can.
+            print("Diagnosis skipped under a sharded strategy: run the `diagnose` command on the checkpoint.")
+            return
+        if not hasattr(trainer.datamodule, "splits"):
+            print("Diagnosis skipped: it reads the splits of the project's DataModule, and fit got none.")
+            return
+        callback = trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") or None
+        with weights_from(pl_module, best):
+            self.run(trainer, pl_module, trainer.datamodule, source=best or "the final weights")
+
+    def run(
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        source: str,
+        notes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate every split, diagnose, write and log the report; returns what diagnosis.json holds."""
+        run_dir = Path(trainer.default_root_dir)
+        device = trainer.strategy.root_device
+        home = module.device  # after fit the Trainer has moved the model to the CPU; evaluate on the accelerator
+        module.to(device)
+        try:
+            evaluations = {
+                split: evaluate_split(
+                    module,
+                    datamodule,
+                    split,
+                    device,
+                    trainer.precision_plugin,
+                    self.train_samples if split in ("train", "train_dev") else None,
+                )
+                for split in SPLITS
+                if split in datamodule.splits
+            }
+        finally:
+            module.to(home)
+        reference, reference_source, reference_notes = self.reference(run_dir.parent)
+        errors = SplitErrors(reference, **{split: evaluation.error for split, evaluation in evaluations.items()})
+        sizes = {split: len(evaluation.targets) for split, evaluation in evaluations.items()}
+        report = diagnose(errors, self.tolerance, reference_source, sizes)
+        report.notes.extend([*reference_notes, *(notes or [])])
+        result = {**to_dict(report), "weights": source}
+        markdown = f"# Diagnosis\n\nWeights: {source}\n\n{to_markdown(report)}"
+        images: dict[str, Image.Image] = {}
+        if isinstance(module.task, MulticlassTask):
+            analysis, analysis_md, images = self.error_analysis(module.task, datamodule, evaluations["val"])
+            result["error_analysis"] = analysis
+            markdown += analysis_md
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "diagnosis.md").write_text(markdown, encoding="utf-8")
+        (run_dir / "diagnosis.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        for name, image in images.items():
+            image.save(run_dir / f"{name}.png")
+        print(f"\nDiagnosis ({source}): {title(report)}\n\n{to_markdown(report)}")
+        print(f"Diagnosis written to {run_dir / 'diagnosis.md'}")
+        self.log_to(trainer, report, markdown, images)
+        return result
+
+    def reference(self, runs_dir: Path) -> tuple[float, str, list[str]]:
+        """The reference error, where it comes from, and what that means for the avoidable bias."""
+        if self.reference_error is not None:
+            return self.reference_error, "configured human-level error", []
+        latest = baselines.latest_result(runs_dir) if self.use_baseline else None
+        if latest is not None:
+            note = (
+                "The reference is a baseline's error, an upper bound on the Bayes error: avoidable bias against it "
+                "only says whether the model fits the training set better than the baseline does val. Set "
+                "`reference_error` to a human-level error for a real estimate."
+            )
+            return latest[0], f"best baseline's val error: {latest[1]}", [note]
+        return 0.0, "none configured: 0; set reference_error to a human-level error, or run `baseline`", []
+
+    def error_analysis(
+        self, task: MulticlassTask, datamodule: pl.LightningDataModule, val: SplitEvaluation
+    ) -> tuple[dict[str, Any], str, dict[str, Image.Image]]:
+        """Confusion matrix, most-confused pairs and the worst-k val examples (highest loss)."""
+        names = task.class_names
+        metric = confusion_matrix(val.predictions, val.targets, task.num_classes)
+        matrix = metric.compute()
+        pairs = most_confused(matrix, names)
+        worst = val.losses.topk(min(self.worst_k, len(val.losses))).indices.tolist()
+        probabilities = task.activation(val.logits)
+        examples = [
+            {
+                "path": val.paths[i],
+                "true": names[int(val.targets[i])],
+                "predicted": names[int(val.predictions[i])],
+                "confidence": round(float(probabilities[i].max()), 4),
+                "loss": round(float(val.losses[i]), 4),
+            }
+            for i in worst
+        ]
+        lines = ["", "## Error analysis (val)", "", "Most-confused pairs (true -> predicted):", ""]
+        lines += [f"- {p['true']} -> {p['predicted']}: {p['count']}" for p in pairs] or ["- none: no val errors"]
+        lines += ["", "Confusion matrix: confusion_matrix.png (rows: true class, columns: predicted class).", ""]
+        lines += [f"Worst {len(examples)} val examples (highest loss): worst_examples.png", ""]
+        lines += ["| # | true | predicted | confidence | loss | file |", "|---:|---|---|---:|---:|---|"]
+        lines += [
+            f"| {k} | {e['true']} | {e['predicted']} | {e['confidence']:.3f} | {e['loss']:.3f} | {e['path']} |"
+            for k, e in enumerate(examples, 1)
+        ]
+        dataset = eval_dataset(datamodule, "val")
+        position = {path: i for i, (path, _) in enumerate(dataset.samples)}
+        config = datamodule.data_config
+        tiles = [denormalize(dataset[position[Path(e["path"])]]["image"], config.mean, config.std) for e in examples]
+        captions = [f"true {e['true']}\npred {e['predicted']} {e['confidence']:.2f}" for e in examples]
+        images = {
+            "confusion_matrix": confusion_matrix_image(metric, names),
+            "worst_examples": image_grid(tiles, captions),
+        }
+        analysis = {"confusion_matrix": matrix.tolist(), "most_confused": pairs, "worst_examples": examples}
+        return analysis, "\n".join(lines) + "\n", images
+
+    @staticmethod
+    def log_to(trainer: pl.Trainer, report: Report, markdown: str, images: dict[str, Image.Image]) -> None:
+        """Scalars to every logger; the table and images where the logger takes them (CSV: the files only)."""
+        scalars = {f"diagnosis/{name}_error": value for name, value in vars(report.errors).items() if value is not None}
+        scalars.update({f"diagnosis/{name}": value for name, value in report.gaps.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                rows = [[name, value] for name, value in scalars.items()]
+                logger.log_table(key="diagnosis/table", columns=["quantity", "value"], data=rows)
+                for name, image in images.items():
+                    logger.log_image(key=f"diagnosis/{name}", images=[image])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("diagnosis", markdown, trainer.global_step)
+                for name, image in images.items():
+                    pixels = numpy.asarray(image)  # [H, W, 3] uint8
+                    logger.experiment.add_image(f"diagnosis/{name}", pixels, trainer.global_step, dataformats="HWC")
+
+
+@contextmanager
+def weights_from(module: pl.LightningModule, checkpoint: str | None) -> Iterator[None]:
+    """Temporarily load a checkpoint's weights into the module (no checkpoint: the weights as they are)."""
+    if not checkpoint:
+        yield
+        return
+    current = {name: tensor.detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}
+    load_weights(module, checkpoint)
+    try:
+        yield
+    finally:
+        module.load_state_dict(current)
+
+
+def load_weights(module: pl.LightningModule, checkpoint: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint's state_dict into the module; returns the whole checkpoint."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as error:  # another backbone or number of classes than the configured model
+        lines = [line.strip() for line in str(error).strip().splitlines()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # the first line only says "Error(s) in loading"
+        detail = detail if len(detail) < 160 else detail[:160] + "..."
+        message = f"{checkpoint} does not fit the configured model (use the fit's model.* settings): {detail}"
+        raise ProjectError(message) from None
+    return state

@@ -1,0 +1,71 @@
+"""The Trainer with the project's own commands as methods, so LightningCLI builds their parsers like fit's.
+
+LightningCLI turns a Trainer method into a subcommand (its typed arguments become flags, the first docstring
+line its help): `python -m PACKAGE baseline ...`, `python -m PACKAGE diagnose --ckpt_path best ...`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning import Trainer
+
+from . import baselines, runs
+from .callbacks.diagnosis import Diagnosis, load_weights
+from .errors import ProjectError
+
+
+class ProjectTrainer(Trainer):
+    def baseline(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        feature_size: int = 16,
+        steps: int = 100,
+        max_train_samples: int | None = 20000,
+    ) -> dict[str, Any]:
+        """Majority-class and linear baselines on the same splits and metrics: the floor the model must beat.
+
+        Args:
+            model: gives the task (metrics, loss); its network is not used.
+            datamodule: the splits.
+            feature_size: the linear model sees images averaged down to feature_size x feature_size pixels.
+            steps: L-BFGS iterations fitting the linear model (full batch).
+            max_train_samples: fit on at most this many training images (seeded subset); None: all.
+        """
+        result = baselines.run_baselines(model.task, datamodule, feature_size, steps, max_train_samples)
+        run_dir = Path(self.default_root_dir)
+        runs.write_json(run_dir / baselines.RESULT_FILE, result)
+        markdown = baselines.to_markdown(result)
+        (run_dir / "baseline.md").write_text(f"# Baselines\n\n{markdown}", encoding="utf-8")
+        print(f"\n{markdown}\nBaselines written to {run_dir / baselines.RESULT_FILE}")
+        return result
+
+    def diagnose(
+        self, model: pl.LightningModule, datamodule: pl.LightningDataModule, ckpt_path: str | None = None
+    ) -> dict[str, Any]:
+        """Bias, variance and data mismatch of a checkpoint, with error analysis of its val errors.
+
+        Args:
+            model: the architecture; the checkpoint's weights are loaded into it.
+            datamodule: the splits (the same data settings the checkpoint was trained with).
+            ckpt_path: a checkpoint file, or "best" / "last" for the newest run's.
+        """
+        if not ckpt_path:
+            raise ProjectError("diagnose needs --ckpt_path: a checkpoint file, 'best' or 'last'")
+        checkpoint = load_weights(model, ckpt_path)
+        model = self.precision_plugin.convert_module(model)  # 16-true / bf16-true: weights in that dtype, as in fit
+        notes = []
+        trained_on = checkpoint.get("provenance", {}).get("data_fingerprint")
+        if trained_on and trained_on != getattr(datamodule, "fingerprint", None):
+            notes.append(
+                f"The data differ from the checkpoint's (fingerprint {trained_on}, now {datamodule.fingerprint}): "
+                "check that data.* matches the fit, or train-dev/val may contain samples the model trained on."
+            )
+        callback = next((c for c in self.callbacks if isinstance(c, Diagnosis)), None) or Diagnosis()
+        result = callback.run(self, model, datamodule, source=str(ckpt_path), notes=notes)
+        for logger in self.loggers:
+            logger.finalize("success")  # no fit ran, so nothing else flushes the logger's files
+        return result

@@ -338,9 +338,11 @@ class SanityChecks(pl.Callback):
             loader = next(iter(loader.values()))
         elif isinstance(loader, (list, tuple)):
             loader = loader[0]
-        # A forked RNG: drawing this extra batch leaves the global RNG, and so the run's shuffling, as it was.
-        with torch.random.fork_rng(devices=[]):
-            batch = next(iter(loader))
+        # Collate the first samples straight from the dataset: iterating the loader itself would advance its
+        # persistent workers' iterator and cut the first epoch short; this also leaves every RNG untouched.
+        dataset = loader.dataset
+        size = min(loader.batch_size or 1, len(dataset))
+        batch = loader.collate_fn([dataset[i] for i in range(size)])
         batch = pl_module.on_before_batch_transfer(batch, 0)
         return trainer.strategy.batch_to_device(batch)
 

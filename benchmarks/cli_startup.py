@@ -8,11 +8,12 @@ Each command is a fresh process of the rendered project's venv python, started i
 - `python -c "import torch"` and `python -c "import <package>.cli"`: where the import time goes.
 - `python -m <package> --help`.
 - `fit` until its first training step: `python -m <package> fit --config configs/default.yaml --config
-  configs/toy.yaml --trainer.max_steps 1` plus the callback `probes.FirstStepClock`, which reports the wall-clock
-  time of the first training batch start. Measured: from just before the process is started to that moment, i.e.
-  everything a user waits for before training begins (imports, config parsing, data scan, model build, logger
-  start, the sanity validation of 2 batches, loader workers and the first batch). After that the run does its
-  one step, a validation epoch and a checkpoint, which are not counted; the whole process's time is shown too.
+  configs/toy.yaml --trainer.max_epochs 1 --trainer.limit_train_batches 1` plus the callback
+  `probes.FirstStepClock`, which reports the wall-clock time of the first training batch start. Measured: from
+  just before the process is started to that moment, i.e. everything a user waits for before training begins
+  (imports, config parsing, data scan, model build, logger start, the callbacks' checks before training, the
+  sanity validation, loader workers and the first batch). The rest of that one-step epoch (the step, validation
+  and what runs with it, the after-fit reports) is not counted; the whole process's time is shown too.
 
 One round runs every command once, in the order above; a first round warms the file cache and is not counted,
 then `--runs` rounds are measured and the table gives medians.
@@ -49,7 +50,10 @@ def first_step_times(project: Project) -> tuple[float, float]:
     command = project.command(
         "fit",
         *("--config", "configs/default.yaml", "--config", "configs/toy.yaml"),
-        *("--trainer.max_steps", "1", "--trainer.callbacks+=" + json.dumps(clock)),
+        # One step in a whole epoch, not max_steps=1: an epoch cut short skips validation, and EarlyStopping
+        # (configs/default.yaml) then stops the run with an error for want of val/acc.
+        *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"),
+        "--trainer.callbacks+=" + json.dumps(clock),
     )
     # time.time(), not perf_counter: the other end of the interval is read in the child process.
     started = time.time()
@@ -111,11 +115,12 @@ def main() -> None:
         "Every command is a fresh process of the rendered default project's venv python, started in the project "
         "folder (the package imported as a user imports it); wall time from starting the process to its exit.",
         f"`fit` to its first training step: `python -m {package} fit --config configs/default.yaml --config "
-        "configs/toy.yaml --trainer.max_steps 1` with the callback `probes.FirstStepClock`, which prints "
-        "`time.time()` at the first `on_train_batch_start`; measured from just before the process starts to that "
-        "moment. It includes imports, config parsing, data scan, model build, logger start (W&B offline), the "
-        "sanity validation (2 batches), loader workers and the first batch. The rest of that run (the step, a "
-        "validation epoch, checkpoint, logger shutdown) is only in the 'whole process' row.",
+        "configs/toy.yaml --trainer.max_epochs 1 --trainer.limit_train_batches 1` with the callback "
+        "`probes.FirstStepClock`, which prints `time.time()` at the first `on_train_batch_start`; measured from "
+        "just before the process starts to that moment. It includes imports, config parsing, data scan, model "
+        "build, logger start (W&B offline), the callbacks' checks before training, the sanity validation, loader "
+        "workers and the first batch. The rest of that run (the step, validation and what runs with it, the "
+        "after-fit reports, logger shutdown) is only in the 'whole process' row.",
         f"One warm-up round (not counted), then {args.runs} rounds, each running every command once in the "
         "order of the table; median, min and max over the rounds. Ratios are medians over the median of "
         f"`{BASELINE}`.",

@@ -189,6 +189,7 @@ def machine_description(python: Path | str = sys.executable) -> list[tuple[str, 
     )
     os_name = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
     return [
+        ("template", template_version()),
         ("CPU", cpu),
         ("cores", f"{os.cpu_count()} (torch uses {found.pop('torch threads')} threads)"),
         ("RAM", f"{kib / 2**20:.1f} GiB"),
@@ -196,6 +197,16 @@ def machine_description(python: Path | str = sys.executable) -> list[tuple[str, 
         ("GPU", found.pop("gpu")),
         *((name, version) for name, version in found.items()),
     ]
+
+
+def template_version() -> str:
+    """The template's git commit, and whether uncommitted changes were rendered too."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=TEMPLATE, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    return commit + (" + uncommitted changes" if git("status", "--porcelain") else "")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

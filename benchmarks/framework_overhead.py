@@ -1,14 +1,15 @@
 """Framework overhead: training steps/s of the rendered project under Lightning vs. a hand-written PyTorch loop.
 
-    python benchmarks/framework_overhead.py [--steps 24] [--warmup 4] [--repeats 3]
+    python benchmarks/framework_overhead.py [--steps 48] [--warmup 4] [--repeats 3]
 
 Both sides train the default project's toy preset (configs/default.yaml + configs/toy.yaml: resnet10t at 48 px,
 batch 64, AdamW with its per-step warmup + cosine schedule) on its toy data, on the CPU:
 
-- Lightning: the project's own `fit` command, as a user runs it, with all its callbacks (progress lines,
-  LearningRateMonitor, ModelCheckpoint writing last.ckpt at every epoch end, prediction writer) and its logger
-  (W&B, offline without an API key). Only validation is off (`--trainer.limit_val_batches 0`), because the plain
-  loop has none, and `--trainer.max_steps` fixes the length.
+- Lightning: the project's own `fit` command, as a user runs it, with all its callbacks (those of
+  configs/default.yaml and the CLI's own) and its logger (W&B, offline without an API key). `--trainer.max_steps`
+  fixes the length, and `--trainer.check_val_every_n_epoch` is set beyond the run's last epoch, because the plain
+  loop has no validation: so the validation-time work (validation, checkpoints, early stopping, the callbacks'
+  per-validation measurements) happens outside the comparison; time_to_model.py measures a whole real fit.
 - plain: the loop in `plain_loop` below, in the same kind of process (the project's venv python, started in the
   project folder, same environment): the same `Model` and `DataModule` built from the same two config files, the
   same DataLoader (`DataModule.train_dataloader()`: batch size, workers, shuffling), the optimizer and schedule
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
+
 from common import (
     OtherCpuUse,
     Project,
@@ -49,15 +51,14 @@ CONFIGS = ("configs/default.yaml", "configs/toy.yaml")
 LIGHTNING, PLAIN = "Lightning (the project's `fit`)", "plain PyTorch loop"
 
 
-def project_config(root: Path) -> dict[str, dict]:
-    """The data and model sections of the toy preset as LightningCLI reads them: later files win, key by key."""
-    merged: dict[str, dict] = {"data": {}, "model": {}, "seed": {}}
+def project_config(root: Path) -> dict:
+    """The seed, data and model sections of the toy preset as LightningCLI reads them: later files win, key by key."""
+    merged: dict = {"seed_everything": None, "data": {}, "model": {}}
     for name in CONFIGS:
         config = yaml.safe_load((root / name).read_text(encoding="utf-8"))
+        merged["seed_everything"] = config.get("seed_everything", merged["seed_everything"])
         merged["data"].update(config.get("data") or {})
         merged["model"].update(config.get("model") or {})
-        if "seed_everything" in config:
-            merged["seed"] = {"seed": config["seed_everything"]}
     return merged
 
 
@@ -67,13 +68,14 @@ def project_config(root: Path) -> dict[str, dict]:
 def plain_loop(package: str, first: int, last: int) -> None:
     """Train `last + 1` steps by hand, timing batch starts `first`..`last` like the Lightning side's callback."""
     import pytorch_lightning as pl  # only for seed_everything, which the project's CLI also calls
+
     from probes import StepWindow
 
     Model = importlib.import_module(f"{package}.module").Model
     DataModule = importlib.import_module(f"{package}.data.datamodule").DataModule
 
     config = project_config(Path.cwd())
-    pl.seed_everything(config["seed"].get("seed"))
+    pl.seed_everything(config["seed_everything"])
     # What the CLI does: model.backbone is linked into the data, the data's classes into the model.
     data = DataModule(**config["data"], backbone=config["model"]["backbone"])
     data.setup("fit")
@@ -107,7 +109,7 @@ def plain_loop(package: str, first: int, last: int) -> None:
         model.train_metrics.reset()
 
 
-# --- measured code: the two commands ------------------------------------------------------------------------------
+# --- the two measured processes ---------------------------------------------------------------------------------
 
 
 def lightning_command(project: Project, first: int, last: int) -> list[str]:
@@ -116,7 +118,8 @@ def lightning_command(project: Project, first: int, last: int) -> list[str]:
         "fit",
         *(arg for name in CONFIGS for arg in ("--config", name)),
         *("--trainer.max_epochs", "-1", "--trainer.max_steps", str(last + 1)),
-        *("--trainer.limit_val_batches", "0"),
+        # No validation inside the run (only the sanity check before it): more epochs than the run has steps.
+        *("--trainer.check_val_every_n_epoch", str(last + 2)),
         "--trainer.callbacks+=" + json.dumps(clock),
     )
 
@@ -130,27 +133,31 @@ def plain_command(project: Project, first: int, last: int) -> list[str]:
 
 
 def summarize(reports: list[dict]) -> dict:
-    """Medians over repeats: steps/s of the whole window, a step inside an epoch, the extra of an epoch boundary."""
-    per_run = [r["steps"] / r["seconds"] for r in reports]
-    inside, boundary = [], []
+    """Medians over repeats of: steps/s over the window; a step inside an epoch (median: the typical step; mean:
+    with periodic work such as logging steps); the extra time of a step that runs into a new epoch."""
+    inside_median, inside_mean, epoch_end = [], [], []
     for r in reports:
         steps = list(zip(r["step_seconds"], r["into_new_epoch"], strict=True))
-        inside.append(median([s for s, new in steps if not new]))
-        crossing = [s for s, new in steps if new]
+        inside = [seconds for seconds, new_epoch in steps if not new_epoch]
+        crossing = [seconds for seconds, new_epoch in steps if new_epoch]
+        inside_median.append(median(inside))
+        inside_mean.append(sum(inside) / len(inside))
         if crossing:
-            boundary.append(sum(crossing) / len(crossing) - inside[-1])
+            epoch_end.append(sum(crossing) / len(crossing) - inside_median[-1])
+    per_run = [r["steps"] / r["seconds"] for r in reports]
     return {
         "per_run": per_run,
         "steps_s": median(per_run),
-        "inside": median(inside),
-        "boundary": median(boundary) if boundary else None,
+        "inside_median": median(inside_median),
+        "inside_mean": median(inside_mean),
+        "epoch_end": median(epoch_end) if epoch_end else None,
         "num_workers": reports[0].get("num_workers"),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24, help="steps in the timed window (default 24: two epochs)")
+    parser.add_argument("--steps", type=int, default=48, help="steps in the timed window (default 48: four epochs)")
     parser.add_argument("--warmup", type=int, default=4, help="steps before the window (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
     add_load_arguments(parser)
@@ -181,15 +188,22 @@ def main() -> None:
 
     results = {name: summarize(runs) for name, runs in reports.items()}
     batch = config["data"]["batch_size"]
-    headers = ["loop", "steps/s (median)", "images/s", "steps/s per run", "step inside an epoch (ms)", "epoch end (ms)"]
+    headers = [
+        "loop",
+        "steps/s (median)",
+        "images/s",
+        "steps/s per run",
+        "step in an epoch: median / mean (ms)",
+        "epoch end (ms)",
+    ]
     rows = [
         [
             name,
             f"{s['steps_s']:.3f}",
             f"{s['steps_s'] * batch:.1f}",
             ", ".join(f"{v:.3f}" for v in s["per_run"]),
-            f"{s['inside'] * 1000:.0f}",
-            "none in the window" if s["boundary"] is None else f"{s['boundary'] * 1000:+.0f}",
+            f"{s['inside_median'] * 1000:.0f} / {s['inside_mean'] * 1000:.0f}",
+            "none in the window" if s["epoch_end"] is None else f"{s['epoch_end'] * 1000:+.0f}",
         ]
         for name, s in results.items()
     ]
@@ -203,15 +217,17 @@ def main() -> None:
     print("\n" + table)
 
     data, model = config["data"], config["model"]
+    workers = "null" if data["num_workers"] is None else data["num_workers"]  # as the config file spells it
     method = [
         f"What runs: the rendered default project's toy preset ({' + '.join(CONFIGS)}): {model['backbone']} "
         f"(pretrained={model['pretrained']}) at {data['image_size']} px, batch {batch}, {plain['num_workers']} "
-        f"loader worker(s) (num_workers: {data['num_workers']}), AdamW lr {model['lr']} with per-step warmup + "
+        f"loader worker(s) (data.num_workers: {workers}), AdamW lr {model['lr']} with per-step warmup + "
         "cosine, fp32 on the CPU, toy data written by `python -m <package> toy-data`.",
-        "Lightning: the project's `fit` command with all its callbacks and its logger (W&B offline), "
-        "checkpointing on (last.ckpt at every epoch end, as in a real run; no best checkpoint since there is no "
-        "val/acc), validation off (`--trainer.limit_val_batches 0`), `--trainer.max_steps` for the length, "
-        "plus the timing callback `probes.StepWindowClock`.",
+        "Lightning: the project's `fit` command with all its callbacks (configs/default.yaml's and the CLI's) and "
+        "its logger (W&B offline), plus the timing callback `probes.StepWindowClock`; `--trainer.max_steps` for "
+        "the length; `--trainer.check_val_every_n_epoch` beyond the last epoch, so validation and what runs with "
+        "it (checkpoints, early stopping, per-validation measurements) stay out, as the plain loop has none; the "
+        "sanity check before training still runs (before the window).",
         "plain: a hand-written loop (`plain_loop` in the script) with the same Model, DataModule and DataLoader, the "
         "optimizer and schedule from `Model.configure_optimizers`, and training_step's work without Lightning "
         "(forward, loss, metric update, backward, optimizer and scheduler step; epoch-level metric compute).",
@@ -220,9 +236,9 @@ def main() -> None:
         "Both loops cross the same epoch boundaries (same loader, same epoch length) inside the window.",
         f"Repeats: {args.repeats} of each loop, each in a fresh process, alternating Lightning, plain, Lightning, "
         "...; figures are medians over the repeats.",
-        "'step inside an epoch': median time between consecutive batch starts within an epoch. 'epoch end': "
-        "the extra time of a step that runs into the next epoch (epoch-end hooks, checkpoint, logger flush, "
-        "the first batch of the new epoch) over a step inside an epoch.",
+        "'step in an epoch': time between consecutive batch starts within an epoch, median (the typical step) "
+        "and mean (with work done every few steps, e.g. on logging steps). 'epoch end': the extra time of a step "
+        "that runs into the next epoch (epoch-end hooks, logger, the new epoch's first batch) over the median step.",
     ]
     write_results(
         "framework_overhead",

@@ -25,6 +25,9 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+import torch
+from torch.utils.data import DataLoader
+
 from common import (
     OtherCpuUse,
     Project,
@@ -37,7 +40,6 @@ from common import (
     run_checked,
     write_results,
 )
-from torch.utils.data import DataLoader
 
 NUM_CLASSES = 1000  # ImageNet-sized head, as in timm's reference training
 
@@ -73,8 +75,6 @@ def synthetic_loader(args: argparse.Namespace, length: int) -> DataLoader:
 
     `batch_size=None` hands the prepared batch over as it is: no collation, no copies, no data loading measured.
     """
-    import torch
-
     generator = torch.Generator().manual_seed(0)
     batch = {
         "image": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator),
@@ -85,7 +85,8 @@ def synthetic_loader(args: argparse.Namespace, length: int) -> DataLoader:
 
 
 def lightning_steps(setting: Setting, args: argparse.Namespace) -> None:
-    import pytorch_lightning as pl
+    import pytorch_lightning as pl  # here and below: imported by the measured process only
+
     from probes import StepWindowClock
 
     Model = importlib.import_module(f"{args.package}.module").Model
@@ -113,7 +114,7 @@ def lightning_steps(setting: Setting, args: argparse.Namespace) -> None:
 
 def plain_steps(setting: Setting, args: argparse.Namespace) -> None:
     import timm
-    import torch
+
     from probes import StepWindow
 
     memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
@@ -153,7 +154,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="pixels (default 224; smoke: 64)")
     parser.add_argument("--batch-size", type=int, help="images per step (default 128; smoke: 8)")
     parser.add_argument("--steps", type=int, help="timed steps per run (default 50; smoke: 3)")
-    parser.add_argument("--warmup", type=int, help="steps before timing, compile included (default 15; smoke: 1)")
+    parser.add_argument("--warmup", type=int, help="steps before timing, compile included (default 15; smoke: 3)")
     parser.add_argument("--repeats", type=int, help="runs of each setting, interleaved (default 3; smoke: 1)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile setting")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -163,7 +164,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--device cpu is only for --smoke: CPU figures of GPU settings would mean nothing")
     defaults = {"backbone": "resnet50", "image_size": 224, "batch_size": 128, "steps": 50, "warmup": 15, "repeats": 3}
     if args.smoke:
-        defaults.update(backbone="test_resnet", image_size=64, batch_size=8, steps=3, warmup=1, repeats=1)
+        defaults.update(backbone="test_resnet", image_size=64, batch_size=8, steps=3, warmup=3, repeats=1)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -176,8 +177,6 @@ def main() -> None:
         setting = Setting(**json.loads(args.worker))
         (lightning_steps if setting.lightning else plain_steps)(setting, args)
         return
-
-    import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no GPU: skipped")

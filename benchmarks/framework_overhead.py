@@ -1,6 +1,6 @@
 """Framework overhead: training steps/s of the rendered project under Lightning vs. a hand-written PyTorch loop.
 
-    python benchmarks/framework_overhead.py [--steps 48] [--warmup 4] [--repeats 3]
+    python benchmarks/framework_overhead.py [--steps 36] [--warmup 4] [--repeats 5]
 
 Both sides train the default project's toy preset (configs/default.yaml + configs/toy.yaml: resnet10t at 48 px,
 batch 64, AdamW with its per-step warmup + cosine schedule) on its toy data, on the CPU:
@@ -157,9 +157,9 @@ def summarize(reports: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=48, help="steps in the timed window (default 48: four epochs)")
+    parser.add_argument("--steps", type=int, default=36, help="steps in the timed window (default 36: three epochs)")
     parser.add_argument("--warmup", type=int, default=4, help="steps before the window (default 4)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each loop, alternating (default 5)")
     add_load_arguments(parser)
     parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--package", help=argparse.SUPPRESS)

@@ -28,6 +28,11 @@ def _modality_lacks(part: str) -> Callable[[str], bool]:
     return lambda modality: part not in modality.split("+")
 
 
+def _other_than(value: str) -> Callable[[str], bool]:
+    """Predicate on an answer: True when it is not ``value``."""
+    return lambda answer: answer != value
+
+
 class Removal(NamedTuple):
     """Remove ``paths`` (relative to the project root; '{package}' is the package name) when
     ``when(answers[variable])`` is true."""
@@ -38,13 +43,43 @@ class Removal(NamedTuple):
 
 
 # The one table of option -> files. A modality's modules are named after it (data/<modality>.py,
-# models/encoders/<modality>.py); add a row when a new option brings its own files. Paths that do not
-# exist are skipped, so a row may name a file before every option that needs it is implemented.
+# models/encoders/<modality>.py, plus its tests); a task type lives in tasks/<task_type>.py. Add a row when
+# a new option brings its own files. Paths that do not exist are skipped, so a row may name a file before
+# every option that needs it is implemented. Shared modules (models/fusion.py, tasks/__init__.py, ...) and
+# their tests stay in every project.
 REMOVE_WHEN: tuple[Removal, ...] = (
     Removal(
         "modality",
         _modality_lacks("image"),
-        ("src/{package}/data/image.py", "src/{package}/models/encoders/image.py"),
+        (
+            "src/{package}/data/image.py",
+            "src/{package}/models/encoders/image.py",
+            "tests/test_data.py",
+            "tests/test_pretrained.py",
+        ),
+    ),
+    Removal(
+        "modality",
+        _modality_lacks("tabular"),
+        ("src/{package}/data/tabular.py", "src/{package}/models/encoders/tabular.py", "tests/test_tabular.py"),
+    ),
+    Removal(
+        "modality",
+        _modality_lacks("sequence"),
+        ("src/{package}/data/sequence.py", "src/{package}/models/encoders/sequence.py", "tests/test_sequence.py"),
+    ),
+    Removal("task_type", _other_than("multiclass"), ("src/{package}/tasks/multiclass.py",)),
+    Removal("task_type", _other_than("binary"), ("src/{package}/tasks/binary.py",)),
+    Removal("task_type", _other_than("multilabel"), ("src/{package}/tasks/multilabel.py",)),
+    Removal("task_type", _other_than("regression"), ("src/{package}/tasks/regression.py",)),
+    Removal(
+        "task_type",
+        _other_than("segmentation"),
+        (
+            "src/{package}/tasks/segmentation.py",
+            "src/{package}/models/segmentation.py",
+            "tests/test_segmentation.py",
+        ),
     ),
 )
 

@@ -46,16 +46,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # The three variables whose combinations the template enumerates (and tests parametrize over).
 COMBINATION_KEYS: tuple[str, ...] = ("task_type", "modality", "fusion")
 
-# --- Support status ------------------------------------------------------------------------------------
-# Values the rendered project implements today. A valid but unlisted value is refused as "not yet
-# supported (planned)". Widen this table when an option lands; variables absent here (logger,
-# python_version) are fully supported.
-SUPPORTED_NOW: dict[str, frozenset[str]] = {
-    "task_type": frozenset({"multiclass"}),
-    "modality": frozenset({"image"}),
-    "fusion": frozenset({"none"}),
-}
-
 # --- Names -----------------------------------------------------------------------------------------------
 # A distribution / folder name: lowercase words of letters and digits joined by single '-', starting
 # with a letter (so it is also a valid, already-normalized PEP 503 project name).
@@ -120,9 +110,9 @@ class CombinationRule(NamedTuple):
 
 COMBINATION_RULES: tuple[CombinationRule, ...] = (
     CombinationRule(
-        lambda task, modality, fusion: task != "segmentation" or "image" in modality_parts(modality),
-        "task_type={task_type!r} needs an image input, but modality={modality!r}; "
-        "choose a modality that contains 'image'",
+        lambda task, modality, fusion: task != "segmentation" or modality == "image",
+        "task_type={task_type!r} predicts a class per pixel of one image, so modality must be 'image' "
+        "(got modality={modality!r})",
     ),
     CombinationRule(
         lambda task, modality, fusion: len(modality_parts(modality)) > 1 or fusion == "none",
@@ -145,27 +135,13 @@ def combination_errors(task_type: str, modality: str, fusion: str) -> list[str]:
     ]
 
 
-def all_combinations() -> list[dict[str, str]]:
-    """Every (task_type, modality, fusion) the combination rules allow, supported yet or not.
-
-    Use it for the roadmap or for testing that planned combinations are refused as "not yet supported";
-    use ``valid_combinations()`` for what must bake today.
-    """
+def valid_combinations() -> list[dict[str, str]]:
+    """Every (task_type, modality, fusion) the combination rules allow: each one must bake and train."""
     return [
         dict(zip(COMBINATION_KEYS, values, strict=True))
         for values in itertools.product(*(CHOICES[key] for key in COMBINATION_KEYS))
         if not combination_errors(*values)
     ]
-
-
-def is_supported(answers: dict[str, Any]) -> bool:
-    """True when every variable listed in SUPPORTED_NOW has a value the template implements today."""
-    return all(str(answers.get(key)) in values for key, values in SUPPORTED_NOW.items())
-
-
-def valid_combinations() -> list[dict[str, str]]:
-    """Every (task_type, modality, fusion) that bakes today: allowed by the rules and supported now."""
-    return [combo for combo in all_combinations() if is_supported(combo)]
 
 
 # --- Single-variable checks ----------------------------------------------------------------------------
@@ -175,9 +151,6 @@ def _choice_errors(answers: dict[str, Any]) -> list[str]:
         value = answers.get(key)
         if value not in allowed:
             errors.append(f"{key}={value!r} is not a valid choice; allowed: {', '.join(allowed)}")
-        elif key in SUPPORTED_NOW and value not in SUPPORTED_NOW[key]:
-            supported = ", ".join(v for v in allowed if v in SUPPORTED_NOW[key])
-            errors.append(f"{key}={value!r} is not yet supported (planned); supported now: {supported}")
     return errors
 
 

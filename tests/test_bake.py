@@ -1,14 +1,22 @@
-"""Every valid answer renders a clean project: no leftover Jinja, lint-clean, compiles, configs parse."""
+"""Every valid answer renders a clean project: no leftover Jinja, lint-clean, compiles, configs parse, and it holds
+exactly the files its options need.
+
+Nothing here installs or imports a rendered project, so the whole matrix stays fast: each answer set is baked
+once per test session (per xdist worker) and every check below only reads the result.
+"""
 
 from __future__ import annotations
 
-import compileall
+import ast
 import json
 import re
+import runpy
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,22 +24,84 @@ from conftest import TEMPLATE_DIR, bake
 
 from hooks.pre_gen_project import CHOICES, valid_combinations
 
-# Every supported (task, modality, fusion) with the default logger, and every logger with the default combination.
-BAKES = [combo for combo in valid_combinations()] + [{"logger": logger} for logger in CHOICES["logger"]]
+# Every valid (task, modality, fusion) with the default logger, and every logger with the default combination.
+BAKES: list[dict[str, str]] = [*valid_combinations(), *({"logger": logger} for logger in CHOICES["logger"])]
 LEFTOVER_JINJA = re.compile(r"\{\{|\{%|\{#")
 
+# The files each option brings (project-relative, '{package}' is the package name), written out here rather
+# than read back from the post-gen hook's table: a project keeps the files of its options and no others.
+MODALITY_FILES: dict[str, tuple[str, ...]] = {
+    "image": (
+        "src/{package}/data/image.py",
+        "src/{package}/models/encoders/image.py",
+        "tests/test_data.py",
+        "tests/test_pretrained.py",
+    ),
+    "tabular": ("src/{package}/data/tabular.py", "src/{package}/models/encoders/tabular.py", "tests/test_tabular.py"),
+    "sequence": (
+        "src/{package}/data/sequence.py",
+        "src/{package}/models/encoders/sequence.py",
+        "tests/test_sequence.py",
+    ),
+}
+TASK_FILES: dict[str, tuple[str, ...]] = {
+    "multiclass": ("src/{package}/tasks/multiclass.py",),
+    "binary": ("src/{package}/tasks/binary.py",),
+    "multilabel": ("src/{package}/tasks/multilabel.py",),
+    "regression": ("src/{package}/tasks/regression.py",),
+    "segmentation": (
+        "src/{package}/tasks/segmentation.py",
+        "src/{package}/models/segmentation.py",
+        "tests/test_segmentation.py",
+    ),
+}
+# In every project, whatever the options (fusion 'none' is the single-input head of models/fusion.py).
+SHARED_FILES: tuple[str, ...] = (
+    "src/{package}/answers.py",
+    "src/{package}/data/table.py",
+    "src/{package}/data/toy.py",
+    "src/{package}/tasks/__init__.py",
+    "src/{package}/models/fusion.py",
+    "tests/test_fusion.py",
+    "tests/test_tasks.py",
+)
+OPTION_FILES = {path for paths in [*MODALITY_FILES.values(), *TASK_FILES.values()] for path in paths}
 
-def bake_id(overrides: dict) -> str:
-    return "-".join(f"{v}" for v in overrides.values())
+
+def bake_id(overrides: dict[str, str]) -> str:
+    return "-".join(overrides.values())
 
 
-@pytest.fixture(params=BAKES, ids=bake_id)
-def project(request: pytest.FixtureRequest, cookies, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return bake(cookies, monkeypatch, **request.param)
+@pytest.fixture(scope="session")
+def baked(cookies_session: Any) -> Callable[[dict[str, str]], Path]:
+    """`baked(overrides)` renders the template once per session and answer set; callers must only read."""
+    cache: dict[tuple[tuple[str, str], ...], Path] = {}
+
+    def get(overrides: dict[str, str]) -> Path:
+        key = tuple(sorted(overrides.items()))
+        if key not in cache:
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                cache[key] = bake(cookies_session, monkeypatch, **overrides)
+        return cache[key]
+
+    return get
+
+
+# One xdist group per answer set (`make test` runs `--dist loadgroup`): all checks of a project run on the
+# worker that baked it.
+@pytest.fixture(
+    params=[pytest.param(b, id=bake_id(b), marks=pytest.mark.xdist_group(f"bake-{bake_id(b)}")) for b in BAKES]
+)
+def project(request: pytest.FixtureRequest, baked: Callable[[dict[str, str]], Path]) -> Path:
+    return baked(request.param)
+
+
+def recorded_answers(project: Path) -> dict[str, Any]:
+    return json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
 
 
 def text_files(project: Path) -> list[Path]:
-    return [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts]
+    return [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts and "__pycache__" not in p.parts]
 
 
 def test_no_unrendered_template_syntax(project: Path) -> None:
@@ -44,20 +114,22 @@ def test_no_unrendered_template_syntax(project: Path) -> None:
 
 
 def test_ruff_check_and_format_pass(project: Path) -> None:
-    for command in (["check", "."], ["format", "--check", "."]):
+    # About 0.1 s a project: one call per project keeps failures attributed to their answers.
+    for command in (["check", "--no-cache", "."], ["format", "--no-cache", "--check", "."]):
         result = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=project, capture_output=True, text=True)
         assert result.returncode == 0, f"ruff {' '.join(command)}:\n{result.stdout}{result.stderr}"
 
 
 def test_python_compiles_and_configs_parse(project: Path) -> None:
-    assert compileall.compile_dir(project, quiet=1, force=True)
+    for path in project.rglob("*.py"):  # compile() writes no __pycache__ into the shared bake
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
     for config in project.glob("configs/**/*.yaml"):
         assert isinstance(yaml.safe_load(config.read_text(encoding="utf-8")), dict), config
     tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
 
 
 def test_answers_and_template_version_are_recorded(project: Path) -> None:
-    recorded = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
+    recorded = recorded_answers(project)
     template = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text(encoding="utf-8"))
     assert recorded["_template_version"] == template["_template_version"]
     for key in ("task_type", "modality", "fusion", "logger", "backbone", "package_name"):
@@ -65,19 +137,80 @@ def test_answers_and_template_version_are_recorded(project: Path) -> None:
     package = recorded["package_name"]
     init = (project / "src" / package / "__init__.py").read_text(encoding="utf-8")
     assert f'__template_version__ = "{template["_template_version"]}"' in init
+    # The answers module the defaults and the toy data read (plain assignments: safe to run without torch).
+    rendered = runpy.run_path(str(project / "src" / package / "answers.py"))
+    assert rendered["TASK_TYPE"] == recorded["task_type"]
+    assert rendered["MODALITIES"] == tuple(recorded["modality"].split("+"))
+    assert rendered["FUSION"] == recorded["fusion"]
 
 
-def test_default_config_names_the_chosen_logger(cookies, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_chosen_options_files_are_left(project: Path) -> None:
+    recorded = recorded_answers(project)
+    wanted = {*SHARED_FILES, *TASK_FILES[recorded["task_type"]]}
+    for part in recorded["modality"].split("+"):
+        wanted |= set(MODALITY_FILES[part])
+    package = recorded["package_name"]
+    missing = sorted(path for path in wanted if not (project / path.format(package=package)).is_file())
+    leftover = sorted(path for path in OPTION_FILES - wanted if (project / path.format(package=package)).exists())
+    assert not missing, f"files the chosen options need are missing: {missing}"
+    assert not leftover, f"files of options not chosen are left: {leftover}"
+
+
+def top_level_imports(path: Path, package_parts: list[str]) -> Iterator[tuple[int, str, list[str]]]:
+    """(line, absolute module, imported names) of the imports a module runs when it is imported.
+
+    Imports inside functions, `if` or `try` blocks are guarded or lazy and left out on purpose.
+    """
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            yield node.lineno, module, [alias.name for alias in node.names]
+
+
+def test_no_module_imports_a_removed_one(project: Path) -> None:
+    """A file the post-gen hook removed must not be imported at module level by a file it kept."""
+    package = recorded_answers(project)["package_name"]
+    src = project / "src"
+
+    def exists(module: str) -> bool:
+        path = src.joinpath(*module.split("."))
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+    removed = {
+        path.format(package=package).removeprefix("src/").removesuffix(".py").replace("/", ".")
+        for path in OPTION_FILES
+        if path.startswith("src/") and not (project / path.format(package=package)).exists()
+    }
+    problems = []
+    for path in [*src.rglob("*.py"), *(project / "tests").rglob("*.py")]:
+        parts = list(path.relative_to(src).parent.parts) if path.is_relative_to(src) else []
+        for line, module, names in top_level_imports(path, parts):
+            if module != package and not module.startswith(f"{package}."):
+                continue
+            targets = [module, *(f"{module}.{name}" for name in names)]
+            if not exists(module) or any(target in removed for target in targets):
+                problems.append(f"{path.relative_to(project)}:{line} imports {module} {names or ''}".rstrip())
+    assert not problems, "imports of missing modules:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("logger", CHOICES["logger"])
+def test_default_config_names_the_chosen_logger(logger: str, baked: Callable[[dict[str, str]], Path]) -> None:
     classes = {"wandb": "WandbLogger", "tensorboard": "TensorBoardLogger", "csv": "CSVLogger"}
-    for logger, class_name in classes.items():
-        project = bake(cookies, monkeypatch, logger=logger)
-        config = yaml.safe_load((project / "configs" / "default.yaml").read_text(encoding="utf-8"))
-        assert config["trainer"]["logger"]["class_path"].endswith(class_name)
+    project = baked({"logger": logger})
+    config = yaml.safe_load((project / "configs" / "default.yaml").read_text(encoding="utf-8"))
+    assert config["trainer"]["logger"]["class_path"].endswith(classes[logger])
 
 
-def test_dev_requirements_cover_the_rendered_dependencies(cookies, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dev_requirements_cover_the_rendered_dependencies(baked: Callable[[dict[str, str]], Path]) -> None:
     """The test environment pre-installs what rendered projects need (see requirements-dev.txt)."""
-    project = bake(cookies, monkeypatch, logger="tensorboard")
+    project = baked({"logger": "tensorboard"})
     pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
     have = (TEMPLATE_DIR / "requirements-dev.txt").read_text(encoding="utf-8")
@@ -116,7 +249,7 @@ def test_makefile_targets_resolve(project: Path) -> None:
         assert target in help_text
         dry = subprocess.run(["make", "-n", target], cwd=project, capture_output=True, text=True)
         assert dry.returncode == 0, dry.stderr
-    package = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))["package_name"]
+    package = recorded_answers(project)["package_name"]
     assert (
         f"-m {package} fit"
         in subprocess.run(["make", "-n", "train"], cwd=project, capture_output=True, text=True).stdout

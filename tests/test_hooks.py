@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -56,12 +57,6 @@ def test_choices_mirror_cookiecutter_json() -> None:
         if isinstance(value, list) and not key.startswith("_")
     }
     assert json_choices == pre.CHOICES
-
-
-def test_supported_values_are_choices() -> None:
-    for key, values in pre.SUPPORTED_NOW.items():
-        assert values, key
-        assert values <= set(pre.CHOICES[key]), key
 
 
 def test_defaults_are_a_valid_combination() -> None:
@@ -118,55 +113,31 @@ def test_missing_answer_is_reported() -> None:
     ]
 
 
+SEGMENTATION_NEEDS_IMAGE = (
+    "task_type='segmentation' predicts a class per pixel of one image, so modality must be 'image' (got modality={!r})"
+)
+SINGLE_INPUT = "modality={!r} is a single input, so fusion must be 'none' (got fusion={!r})"
+SEVERAL_INPUTS = "modality={!r} has several inputs, so fusion must be one of concat, late, gated (got fusion='none')"
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
+        ({"fusion": "concat"}, [SINGLE_INPUT.format("image", "concat")]),
+        ({"modality": "sequence", "fusion": "gated"}, [SINGLE_INPUT.format("sequence", "gated")]),
+        ({"modality": "image+tabular", "fusion": "none"}, [SEVERAL_INPUTS.format("image+tabular")]),
+        ({"task_type": "segmentation", "modality": "tabular"}, [SEGMENTATION_NEEDS_IMAGE.format("tabular")]),
         (
-            {"task_type": "binary"},
-            ["task_type='binary' is not yet supported (planned); supported now: multiclass"],
+            {"task_type": "segmentation", "modality": "image+tabular", "fusion": "late"},
+            [SEGMENTATION_NEEDS_IMAGE.format("image+tabular")],
         ),
         (
-            {"modality": "tabular"},
-            ["modality='tabular' is not yet supported (planned); supported now: image"],
-        ),
-        (
-            {"modality": "image+tabular", "fusion": "concat"},
-            [
-                "modality='image+tabular' is not yet supported (planned); supported now: image",
-                "fusion='concat' is not yet supported (planned); supported now: none",
-            ],
-        ),
-        (
-            {"fusion": "concat"},
-            [
-                "fusion='concat' is not yet supported (planned); supported now: none",
-                "modality='image' is a single input, so fusion must be 'none' (got fusion='concat')",
-            ],
-        ),
-        (
-            {"modality": "image+tabular", "fusion": "none"},
-            [
-                "modality='image+tabular' is not yet supported (planned); supported now: image",
-                (
-                    "modality='image+tabular' has several inputs, so fusion must be one of concat, late, gated "
-                    "(got fusion='none')"
-                ),
-            ],
-        ),
-        (
-            {"task_type": "segmentation", "modality": "tabular"},
-            [
-                "task_type='segmentation' is not yet supported (planned); supported now: multiclass",
-                "modality='tabular' is not yet supported (planned); supported now: image",
-                (
-                    "task_type='segmentation' needs an image input, but modality='tabular'; "
-                    "choose a modality that contains 'image'"
-                ),
-            ],
+            {"task_type": "segmentation", "modality": "image+sequence", "fusion": "none"},
+            [SEGMENTATION_NEEDS_IMAGE.format("image+sequence"), SEVERAL_INPUTS.format("image+sequence")],
         ),
     ],
 )
-def test_unsupported_and_invalid_combinations(overrides: dict[str, str], expected: list[str]) -> None:
+def test_invalid_combinations(overrides: dict[str, str], expected: list[str]) -> None:
     assert sorted(pre.validate(answers(**overrides), check_timm=False)) == sorted(expected)
 
 
@@ -239,7 +210,8 @@ def test_private_keys_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("combo", "expected"),
     [
-        (("segmentation", "tabular", "none"), "task_type='segmentation' needs an image input"),
+        (("segmentation", "tabular", "none"), "task_type='segmentation' predicts a class per pixel of one image"),
+        (("segmentation", "image+tabular", "concat"), "task_type='segmentation' predicts a class per pixel"),
         (("multiclass", "image", "concat"), "modality='image' is a single input, so fusion must be 'none'"),
         (("multiclass", "image+tabular", "none"), "modality='image+tabular' has several inputs"),
     ],
@@ -249,8 +221,8 @@ def test_each_combination_rule(combo: tuple[str, str, str], expected: str) -> No
     assert error.startswith(expected)
 
 
-def test_all_combinations_are_exactly_the_rule_valid_ones() -> None:
-    combos = pre.all_combinations()
+def test_valid_combinations_are_exactly_the_rule_valid_ones() -> None:
+    combos = pre.valid_combinations()
     assert len(combos) == len({tuple(combo.values()) for combo in combos})  # no duplicates
     for task_type in pre.CHOICES["task_type"]:
         for modality in pre.CHOICES["modality"]:
@@ -258,19 +230,22 @@ def test_all_combinations_are_exactly_the_rule_valid_ones() -> None:
                 combo = {"task_type": task_type, "modality": modality, "fusion": fusion}
                 assert (combo in combos) == (not pre.combination_errors(**combo)), combo
     assert {"task_type": "segmentation", "modality": "tabular", "fusion": "none"} not in combos
+    assert {"task_type": "segmentation", "modality": "image+tabular", "fusion": "gated"} not in combos
+    assert {"task_type": "segmentation", "modality": "image", "fusion": "none"} in combos
     assert {"task_type": "regression", "modality": "image+sequence", "fusion": "gated"} in combos
 
 
-def test_valid_combinations_pass_and_planned_ones_are_refused_as_unsupported() -> None:
+def test_valid_combination_count() -> None:
+    # 4 task types x (3 single inputs with fusion none + 4 multi-input modalities x 3 fusions) + segmentation/image
+    assert len(pre.valid_combinations()) == 4 * (3 + 4 * 3) + 1 == 61
+
+
+def test_every_valid_combination_passes_and_every_other_is_refused() -> None:
     valid = pre.valid_combinations()
-    assert valid, "no combination bakes"
-    for combo in pre.all_combinations():
+    for values in itertools.product(*(pre.CHOICES[key] for key in pre.COMBINATION_KEYS)):
+        combo = dict(zip(pre.COMBINATION_KEYS, values, strict=True))
         errors = pre.validate(answers(**combo), check_timm=False)
-        if combo in valid:
-            assert errors == [], combo
-        else:
-            assert errors, combo
-            assert all("is not yet supported (planned)" in error for error in errors), errors
+        assert (errors == []) == (combo in valid), (combo, errors)
 
 
 # --- the hook files are importable raw and render into valid Python ------------------------------------------
@@ -360,12 +335,17 @@ def assert_refused(result: subprocess.CompletedProcess[str], output_dir: Path, e
         ({"package_name": "class"}, "error: package_name='class' is a Python keyword"),
         ({"package_name": "torch"}, "error: package_name='torch' would shadow the module 'torch'"),
         (
-            {"task_type": "binary"},
-            "error: task_type='binary' is not yet supported (planned); supported now: multiclass",
+            {"task_type": "segmentation", "modality": "tabular"},
+            "error: task_type='segmentation' predicts a class per pixel of one image, so modality must be 'image'",
         ),
         (
-            {"task_type": "segmentation", "modality": "tabular"},
-            "error: task_type='segmentation' needs an image input, but modality='tabular'",
+            {"task_type": "segmentation", "modality": "image+tabular", "fusion": "concat"},
+            "error: task_type='segmentation' predicts a class per pixel of one image, so modality must be 'image' "
+            "(got modality='image+tabular')",
+        ),
+        (
+            {"modality": "tabular+sequence", "fusion": "none"},
+            "error: modality='tabular+sequence' has several inputs, so fusion must be one of concat, late, gated",
         ),
         (
             {"modality": "image", "fusion": "concat"},
@@ -410,15 +390,51 @@ def test_removal_table_names_known_variables() -> None:
             assert not Path(path).is_absolute() and ".." not in Path(path).parts, path
 
 
-def test_nothing_removed_for_the_defaults() -> None:
-    assert post.paths_to_remove(default_answers()) == []
+# The files each option brings, written out here rather than read back from the table under test.
+IMAGE_FILES = {
+    "src/pkg/data/image.py",
+    "src/pkg/models/encoders/image.py",
+    "tests/test_data.py",
+    "tests/test_pretrained.py",
+}
+TABULAR_FILES = {"src/pkg/data/tabular.py", "src/pkg/models/encoders/tabular.py", "tests/test_tabular.py"}
+SEQUENCE_FILES = {"src/pkg/data/sequence.py", "src/pkg/models/encoders/sequence.py", "tests/test_sequence.py"}
+SEGMENTATION_FILES = {"src/pkg/models/segmentation.py", "tests/test_segmentation.py"}
+TASK_TYPES = ("multiclass", "binary", "multilabel", "regression", "segmentation")
 
 
-def test_image_files_removed_without_image() -> None:
-    removed = post.paths_to_remove(answers(modality="tabular+sequence", package_name="pkg"))
-    assert "src/pkg/data/image.py" in removed
-    assert "src/pkg/models/encoders/image.py" in removed
-    assert post.paths_to_remove(answers(modality="image+sequence")) == []
+def task_files_except(task_type: str) -> set[str]:
+    return {f"src/pkg/tasks/{other}.py" for other in TASK_TYPES if other != task_type}
+
+
+@pytest.mark.parametrize(
+    ("combo", "expected"),
+    [
+        (("multiclass", "image", "none"), TABULAR_FILES | SEQUENCE_FILES | SEGMENTATION_FILES),
+        (("binary", "tabular", "none"), IMAGE_FILES | SEQUENCE_FILES | SEGMENTATION_FILES),
+        (("multilabel", "sequence", "none"), IMAGE_FILES | TABULAR_FILES | SEGMENTATION_FILES),
+        (("regression", "image+sequence", "late"), TABULAR_FILES | SEGMENTATION_FILES),
+        (("regression", "tabular+sequence", "gated"), IMAGE_FILES | SEGMENTATION_FILES),
+        (("binary", "image+tabular+sequence", "concat"), SEGMENTATION_FILES),
+        (("segmentation", "image", "none"), TABULAR_FILES | SEQUENCE_FILES),
+    ],
+)
+def test_paths_to_remove(combo: tuple[str, str, str], expected: set[str]) -> None:
+    task_type, modality, fusion = combo
+    chosen = answers(task_type=task_type, modality=modality, fusion=fusion, package_name="pkg")
+    removed = post.paths_to_remove(chosen)
+    assert len(removed) == len(set(removed))  # each path once
+    assert set(removed) == expected | task_files_except(task_type)
+
+
+def test_removal_table_covers_every_task_type() -> None:
+    assert set(TASK_TYPES) == set(pre.CHOICES["task_type"])
+
+
+def test_shared_modules_are_never_removed() -> None:
+    shared = {"src/pkg/models/fusion.py", "tests/test_fusion.py", "tests/test_tasks.py", "src/pkg/tasks/__init__.py"}
+    for combo in pre.valid_combinations():
+        assert not shared & set(post.paths_to_remove(answers(**combo, package_name="pkg"))), combo
 
 
 def test_remove_paths_skips_missing_and_prunes_empty_folders(tmp_path: Path) -> None:

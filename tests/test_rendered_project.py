@@ -1,21 +1,56 @@
 """Rendered projects used like a new user would: install, write toy data, run the CLI and the project's tests.
 
-Each project gets its own venv (sharing this environment's packages), so rendered packages never meet.
+Each project gets its own venv (sharing this environment's packages), so rendered packages never meet. The
+default suite runs the rendered project's own fast tests for a representative subset of the answers; the
+`slow` test_full_matrix trains every valid combination (`make test-matrix`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 from conftest import bake, install_rendered, run
+
+from hooks.pre_gen_project import CHOICES, valid_combinations
 
 OFFLINE = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 FAST_FIT = [
     "fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml",
     "--config", "configs/debug/fast_dev_run.yaml",
 ]  # fmt: skip
+
+
+# One project per task type and per modality, plus one fused. The fused one is regression/tabular+sequence/gated:
+# of the two-input projects it is the cheapest to test on a CPU (no timm backbone, no image files to write or
+# decode), and gated is the fusion with the most moving parts. Every fusion kind is also unit-tested by each
+# project's own tests/test_fusion.py.
+REPRESENTATIVE: list[dict[str, str]] = [
+    {"task_type": "multiclass", "modality": "image", "fusion": "none"},  # the defaults
+    {"task_type": "binary", "modality": "tabular", "fusion": "none"},
+    {"task_type": "multilabel", "modality": "sequence", "fusion": "none"},
+    {"task_type": "regression", "modality": "image", "fusion": "none"},
+    {"task_type": "segmentation", "modality": "image", "fusion": "none"},
+    {"task_type": "regression", "modality": "tabular+sequence", "fusion": "gated"},
+]
+# The optimizing metric of each task type (the `val/<metric>` every fit reports).
+MONITOR = {"multiclass": "acc", "binary": "auroc", "multilabel": "map", "regression": "rmse", "segmentation": "miou"}
+
+
+def combo_id(combo: dict[str, str]) -> str:
+    return "-".join(combo.values())
+
+
+def test_representative_subset_covers_every_task_type_and_modality() -> None:
+    valid = valid_combinations()
+    assert all(combo in valid for combo in REPRESENTATIVE), REPRESENTATIVE
+    assert {combo["task_type"] for combo in REPRESENTATIVE} == set(CHOICES["task_type"])
+    single = {combo["modality"] for combo in REPRESENTATIVE if combo["fusion"] == "none"}
+    assert single == {modality for modality in CHOICES["modality"] if "+" not in modality}
+    assert any(combo["fusion"] != "none" for combo in REPRESENTATIVE)
+    assert set(MONITOR) == set(CHOICES["task_type"])
 
 
 def rendered(cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **overrides: str) -> tuple[Path, Path, str]:
@@ -25,9 +60,19 @@ def rendered(cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **overrid
     return project, python, package
 
 
-@pytest.mark.xdist_group("rendered-suite")
-def test_default_project_passes_its_own_tests(cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    project, python, _ = rendered(cookies, monkeypatch, tmp_path)
+@pytest.mark.parametrize(
+    "combo",
+    [
+        # The defaults share a worker with the multi-process suite below, as they always have; the others spread.
+        pytest.param(combo, marks=pytest.mark.xdist_group("rendered-suite") if i == 0 else ())
+        for i, combo in enumerate(REPRESENTATIVE)
+    ],
+    ids=combo_id,
+)
+def test_representative_project_passes_its_own_tests(
+    combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    project, python, _ = rendered(cookies, monkeypatch, tmp_path, **combo)
     output = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
     assert " passed" in output and "failed" not in output
 
@@ -69,3 +114,24 @@ def test_default_project_trains_to_its_target(cookies, monkeypatch: pytest.Monke
          "--ckpt_path", "best"], cwd=project, env=OFFLINE,
     )  # fmt: skip
     assert "test/acc" in test
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", valid_combinations(), ids=combo_id)
+def test_full_matrix(combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every valid combination renders, installs, writes its toy data and trains for two epochs (`make test-matrix`).
+
+    A real fit, not fast_dev_run: validation runs, metrics are computed, a checkpoint and summary.json are written.
+    """
+    project, python, package = rendered(cookies, monkeypatch, tmp_path, **combo)
+    run([str(python), "-m", package, "toy-data"], cwd=project)
+    fit = ["fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml", "--trainer.max_epochs", "2"]
+    output = run([str(python), "-m", package, *fit], cwd=project, env=OFFLINE)
+    summaries = list(project.glob("runs/*/summary.json"))
+    assert len(summaries) == 1, output[-4000:]
+    summary = json.loads(summaries[0].read_text(encoding="utf-8"))
+    assert 1 <= summary["epochs"] <= 2, summary
+    metrics = summary["val_metrics"]
+    assert f"val/{MONITOR[combo['task_type']]}" in metrics, summary
+    assert all(math.isfinite(value) for value in metrics.values()), summary
+    assert summary["best_checkpoint"] and Path(summary["best_checkpoint"]).is_file(), summary

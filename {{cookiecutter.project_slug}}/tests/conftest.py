@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny dataset written by the project's own toy writer, and CLI argument helpers.
 
-Tests run on a 0.4M-parameter timm model at 32 px so the whole suite stays fast on a laptop CPU.
+Tests run on the project's own task and inputs (answers.py), with a 0.4M-parameter timm model at 32 px for
+images, so the whole suite stays fast on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -8,17 +9,37 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
-from {{ cookiecutter.package_name }}.data.toy import write_toy_dataset
+from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
+from {{ cookiecutter.package_name }}.data.datamodule import DataModule
+from {{ cookiecutter.package_name }}.data.toy import uses_class_folders, write_toy_dataset
+from {{ cookiecutter.package_name }}.module import Model
+from {{ cookiecutter.package_name }}.tasks import build_task
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONFIGS = PROJECT / "configs"
 TINY_BACKBONE = "test_resnet"
-CLASSES = ("circle", "square", "triangle")
+CLASS_FOLDERS = uses_class_folders(TASK_TYPE, MODALITIES)
+# The class folders of the tiny multiclass data (binary keeps the toy writer's two classes).
+CLASSES = ("circle", "square", "triangle") if CLASS_FOLDERS and TASK_TYPE == "multiclass" else None
+MONITOR = build_task(TASK_TYPE, ["a", "b"]).monitor  # the optimizing metric: acc, auroc, map, rmse or miou
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_test_process() -> None:
+    # The test models are tiny: threads only add overhead, and with several test processes (pytest -n, DDP tests)
+    # on a few cores, oversubscribed threads make the suite many times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
 def _offline_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same for the commands tests start as subprocesses
     # No test may reach a server or wait for input.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -30,9 +51,17 @@ def _offline_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/val/test with 3 classes: 12/4/4 images per class, 32 px."""
+    """The project's toy data, small: train/val/test = 36/12/12 samples (class folders: 12/4/4 per class), 32 px."""
     root = tmp_path_factory.mktemp("data") / "toy"
-    return write_toy_dataset(root, size=32, per_class={"train": 12, "val": 4, "test": 4}, classes=CLASSES)
+    return write_toy_dataset(root, sizes=toy_sizes(train=36, val=12, test=12), image_size=32, classes=CLASSES)
+
+
+def toy_sizes(**samples: int) -> dict[str, int]:
+    """`write_toy_dataset` sizes for these samples per split (the class-folder layout counts images per class)."""
+    if not CLASS_FOLDERS:
+        return samples
+    num_classes = len(CLASSES) if CLASSES else 2  # binary: two class folders
+    return {split: n // num_classes for split, n in samples.items()}
 
 
 def cli_args(command: str, data: Path, runs: Path, *extra: str, logger: str | None = "csv") -> list[str]:
@@ -40,14 +69,38 @@ def cli_args(command: str, data: Path, runs: Path, *extra: str, logger: str | No
     args = [command, "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "toy.yaml")]
     if logger:
         args += ["--config", str(CONFIGS / "logger" / f"{logger}.yaml")]
+    if "image" in MODALITIES:
+        args += ["--data.image_size", "32", "--model.backbone", TINY_BACKBONE]
     return args + [
         "--runs_dir", str(runs),
         "--data.root", str(data),
-        "--data.image_size", "32",
         "--data.batch_size", "8",
         "--data.num_workers", "0",
-        "--model.backbone", TINY_BACKBONE,
         "--trainer.accelerator", "cpu",
         "--trainer.enable_model_summary", "false",
         *extra,
     ]  # fmt: skip
+
+
+def default_config(section: str) -> dict:
+    return yaml.safe_load((CONFIGS / "default.yaml").read_text())[section]
+
+
+def project_datamodule(root: Path, **overrides: object) -> DataModule:
+    """The DataModule as configs/default.yaml configures it (columns, task), on `root`, small and in-process."""
+    config = default_config("data")
+    config.update(root=str(root), task=TASK_TYPE, batch_size=8, num_workers=0)
+    if "image" in MODALITIES:
+        config.update(backbone=TINY_BACKBONE, image_size=32)
+    config.update(overrides)
+    return DataModule(**config)
+
+
+def project_model(data: DataModule, **overrides: object) -> Model:
+    """The Model as configs/default.yaml configures it, sized by `data` as the CLI does, with the tiny backbone."""
+    config = default_config("model")
+    config.update(class_names=data.class_names, target_stats=data.target_stats, inputs=data.input_specs)
+    if "image" in MODALITIES:
+        config.update(backbone=TINY_BACKBONE, pretrained=False)
+    config.update(overrides)
+    return Model(**config)

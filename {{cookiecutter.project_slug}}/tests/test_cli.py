@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, cli_args
+from conftest import CLASS_FOLDERS, CONFIGS, MONITOR, cli_args
+from {{ cookiecutter.package_name }}.answers import MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.loggers import wandb_offline_without_key
 
@@ -70,32 +71,54 @@ def test_resume_continues_the_same_logger_run(logger: str, tiny_data: Path, tmp_
     assert run_identity(fresh) != run_identity(first)  # a new fit is a new logger run
 
 
-def test_bf16_mixed_precision_and_channels_last_train_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
-    extra = ["--trainer.precision", "bf16-mixed", "--model.channels_last", "true", "--trainer.max_epochs", "1"]
+def test_bf16_mixed_precision_trains_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
+    extra = ["--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1"]
+    if "image" in MODALITIES:
+        extra += ["--model.channels_last", "true"]
     cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, *extra))
     assert cli.trainer.global_step == 2
     assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
-    assert cli.model.network.encoders["image"].backbone.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    if "image" in MODALITIES:
+        conv = next(m for m in cli.model.network.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def inputs_to_predict(data: Path, folder: Path) -> tuple[Path, list[str]]:
+    """What a user hands `predict`, and the ids its predictions should carry: a folder of new images for
+    class-folder data, else the test CSV without its target columns."""
+    folder.mkdir()
+    if CLASS_FOLDERS:
+        for i in range(5):
+            Image.new("RGB", (40, 30), (50 * i, 0, 0)).save(folder / f"img{i}.png")
+        return folder, [str(folder / f"img{i}.png") for i in range(5)]
+    with open(data / "test.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    inputs = [{k: v for k, v in row.items() if not k.startswith("target") and k != "mask"} for row in rows]
+    path = folder / "new.csv"
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(inputs[0]))
+        writer.writeheader()
+        writer.writerows(inputs)
+    # Image paths in the CSV stay relative to data.root, where predict resolves them.
+    return path, [f"new.csv:{line}" for line in range(2, len(rows) + 2)]
 
 
 def test_fit_writes_summary_and_predict_writes_one_row_per_input(tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
     summary = json.loads((fit.run_dir / "summary.json").read_text())
-    assert Path(summary["best_checkpoint"]).is_file() and "val/acc" in summary["val_metrics"]
+    assert Path(summary["best_checkpoint"]).is_file() and f"val/{MONITOR}" in summary["val_metrics"]
 
-    images = tmp_path / "to_predict"
-    images.mkdir()
-    for i in range(5):
-        Image.new("RGB", (40, 30), (50 * i, 0, 0)).save(images / f"img{i}.png")
-    predict = main(cli_args("predict", tiny_data, runs, "--data.predict_root", str(images), "--ckpt_path", "best"))
+    source, ids = inputs_to_predict(tiny_data, tmp_path / "to_predict")
+    predict = main(cli_args("predict", tiny_data, runs, "--data.predict_path", str(source), "--ckpt_path", "best"))
     with open(predict.run_dir / "predictions.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert sorted(Path(row["path"]).name for row in rows) == [f"img{i}.png" for i in range(5)]
-    class_names = predict.datamodule.class_names
-    for row in rows:
-        assert row["prediction"] in class_names
-        assert sum(float(row[f"prob_{name}"]) for name in class_names) == pytest.approx(1.0, abs=1e-4)
+    assert sorted(row["id"] for row in rows) == sorted(ids)
+    model, batch = predict.model.eval(), next(iter(predict.datamodule.predict_dataloader()))
+    with torch.no_grad():
+        expected = model.task.prediction_rows(model.task.activation(model(batch)))
+    # The task's columns, e.g. the predicted class and every class's probability.
+    assert list(rows[0])[: len(expected[0]) + 1] == ["id", *expected[0]]
 
 
 def test_default_logger_runs_without_server_or_key(tiny_data: Path, tmp_path: Path) -> None:
@@ -124,12 +147,13 @@ def test_unknown_config_key_is_named(tiny_data: Path, tmp_path: Path) -> None:
     assert "learning_rate" in result.stderr
 
 
+@pytest.mark.skipif("image" not in MODALITIES, reason="the project has no image input")
 def test_corrupt_image_gives_one_line_naming_the_file(tiny_data: Path, tmp_path: Path) -> None:
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    broken = data / "train" / "circle" / "0000.png"
+    broken = sorted((data / "train").rglob("*.png") if CLASS_FOLDERS else (data / "images" / "train").glob("*.png"))[0]
     broken.write_bytes(b"\x89PNG truncated")
     # One loader worker, so the error crosses a process boundary like it does in real training.
     args = cli_args(

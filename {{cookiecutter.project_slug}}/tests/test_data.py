@@ -1,4 +1,7 @@
-"""Data: labels paired with the right files, deterministic splits, normalization, and clear errors."""
+"""Image data: labels paired with the right files, deterministic splits, normalization, and clear errors.
+
+Class folders are tested with a multiclass DataModule whatever the project's task: every image project can read
+them (the manifest CSV layout is tested in test_manifest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_BACKBONE
+from conftest import TINY_BACKBONE, project_datamodule
 from {{ cookiecutter.package_name }}.data.datamodule import DataModule
 from {{ cookiecutter.package_name }}.errors import DataError
 
@@ -27,7 +30,9 @@ def write_coloured_images(split_dir: Path, per_class: int, seed: int = 0) -> Non
 
 
 def datamodule(root: Path, **kwargs) -> DataModule:
-    return DataModule(root=str(root), backbone=TINY_BACKBONE, image_size=8, num_workers=0, augment=False, **kwargs)
+    return DataModule(
+        root=str(root), task="multiclass", backbone=TINY_BACKBONE, image_size=8, num_workers=0, augment=False, **kwargs
+    )
 
 
 def test_every_image_keeps_its_own_label_when_names_are_unsorted(tmp_path: Path) -> None:
@@ -40,7 +45,7 @@ def test_every_image_keeps_its_own_label_when_names_are_unsorted(tmp_path: Path)
         for item in data.dataset(split):
             pixels = item["image"] * std + mean  # undo the normalization
             channel = int(pixels.mean(dim=(1, 2)).argmax())  # 0 = red, 1 = green, 2 = blue
-            assert data.class_names[item["target"]] == ["red", "green", "blue"][channel], item["path"]
+            assert data.class_names[item["target"]] == ["red", "green", "blue"][channel], item["id"]
 
 
 def test_missing_val_and_test_are_split_from_train_stratified_and_seeded(tmp_path: Path) -> None:
@@ -50,15 +55,15 @@ def test_missing_val_and_test_are_split_from_train_stratified_and_seeded(tmp_pat
     assert first.splits == again.splits
     assert first.splits["val"] != other_seed.splits["val"]
     for split, per_class in (("train", 6), ("val", 2), ("test", 2)):
-        labels = [label for _, label in first.splits[split]]
+        labels = first.labels(split)
         assert [labels.count(c) for c in range(3)] == [per_class] * 3, split
-    paths = [{p for p, _ in first.splits[s]} for s in ("train", "val", "test")]
+    paths = [{row.id for row in first.splits[s]} for s in ("train", "val", "test")]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
 
 
-def test_existing_val_and_test_folders_are_used_as_they_are(tiny_data: Path) -> None:
-    data = datamodule(tiny_data)
-    assert {split: len(samples) for split, samples in data.splits.items()} == {"train": 36, "val": 12, "test": 12}
+def test_existing_val_and_test_splits_are_used_as_they_are(tiny_data: Path) -> None:
+    data = project_datamodule(tiny_data)
+    assert {split: len(rows) for split, rows in data.splits.items()} == {"train": 36, "val": 12, "test": 12}
 
 
 def test_normalization_and_size_follow_the_backbone() -> None:
@@ -96,6 +101,6 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
     broken = tmp_path / "train" / "red" / "broken.png"
     broken.write_bytes(b"not a png")
     data = datamodule(tmp_path)
-    split, index = next((s, i) for s in data.splits for i, (path, _) in enumerate(data.splits[s]) if path == broken)
+    split, index = next((s, i) for s in data.splits for i, row in enumerate(data.splits[s]) if row.file == broken)
     with pytest.raises(DataError, match="broken.png"):
         data.dataset(split)[index]

@@ -1,23 +1,29 @@
-"""Bias / variance / data-mismatch diagnosis, the train-dev split, baselines and the error analysis."""
+"""Bias / variance / data-mismatch diagnosis, the train-dev split and the error analysis of every task."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_BACKBONE, cli_args
+from conftest import cli_args, project_datamodule, project_model
+from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.data.datamodule import DataModule
-from {{ cookiecutter.package_name }}.diagnosis import GAP_LABELS, NEXT_STEPS, SplitErrors, diagnose, to_markdown
+from {{ cookiecutter.package_name }}.diagnosis import GAP_LABELS, SplitErrors, diagnose, next_steps, to_markdown
+from {{ cookiecutter.package_name }}.error_analysis import (
+    confusion_matrix,
+    iou_table,
+    most_confused,
+    per_label_table,
+    residual_table,
+)
 from {{ cookiecutter.package_name }}.evaluation import evaluate_split
-from {{ cookiecutter.package_name }}.module import Model
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+CLASSIFICATION = ("multiclass", "binary")
 
 
 @pytest.mark.parametrize(
@@ -32,12 +38,29 @@ FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batche
 def test_the_largest_gap_names_the_problem_and_its_next_steps(
     errors: SplitErrors, dominant: str, first_step: str
 ) -> None:
-    report = diagnose(errors)
+    report = diagnose(errors, task=TASK_TYPE, inputs=MODALITIES)
     assert report.dominant == dominant
-    assert report.next_steps == NEXT_STEPS[dominant]
+    assert report.next_steps == next_steps(dominant, MODALITIES, TASK_TYPE)
     assert first_step in report.next_steps[0].lower()
     assert report.gaps[dominant] == max(report.gaps.values())
     assert "**<- dominant**" in next(line for line in to_markdown(report).splitlines() if GAP_LABELS[dominant] in line)
+
+
+def test_next_steps_name_the_knobs_the_inputs_have() -> None:
+    def text(problem: str, inputs: tuple[str, ...], task: str = "binary") -> str:
+        return " ".join(next_steps(problem, inputs, task))
+
+    assert "model.backbone" in text("avoidable_bias", ("image",)) and "data.augment" in text("variance", ("image",))
+    for inputs in (("tabular",), ("sequence",), ("tabular", "sequence")):
+        for problem in ("avoidable_bias", "variance", "data_mismatch"):
+            assert "backbone" not in text(problem, inputs) and "data.augment" not in text(problem, inputs)
+        assert "model.hidden_dim" in text("avoidable_bias", inputs) and "model.hidden_dim" in text("variance", inputs)
+    assert "model.fusion_dim" in text("avoidable_bias", ("image", "tabular"))
+    assert "data.numeric_columns" in text("variance", ("tabular",))
+    assert "worst_examples.png" in text("data_mismatch", ("image",))
+    assert "worst_examples.png" not in text("data_mismatch", ("tabular",))
+    assert "label_smoothing" in text("variance", ("image",), "multiclass")
+    assert "label_smoothing" not in text("variance", ("image",), "regression")
 
 
 def test_gaps_and_what_cannot_be_told_apart() -> None:
@@ -60,52 +83,72 @@ def test_gaps_and_what_cannot_be_told_apart() -> None:
     assert any("20 samples" in note for note in noisy.notes)  # +/-6.7%: a small val set is said to be noisy
 
 
-def test_train_dev_split_is_stratified_seeded_and_never_trained_on(tiny_data: Path) -> None:
-    def data(**kwargs: object) -> DataModule:
-        return DataModule(str(tiny_data), TINY_BACKBONE, image_size=32, num_workers=0, **kwargs)
+def test_regression_errors_are_standardized_rmse_not_rates() -> None:
+    report = diagnose(SplitErrors(reference=0.0, train=0.5, val=1.25), sizes={"val": 50}, task="regression")
+    markdown = to_markdown(report)
+    assert "| val | 1.2500 | 50 |" in markdown and "%" not in markdown.split("Next steps")[0]
+    assert "standard deviation" in markdown
+    assert any("+/-0.1250" in note for note in report.notes)  # RMSE / sqrt(2n)
 
-    full_train = set(data().splits["train"])
-    split = data(train_dev_fraction=0.25)
-    train, train_dev = set(split.splits["train"]), set(split.splits["train_dev"])
+
+def test_error_analysis_tables_of_every_task() -> None:
+    names = ["a", "b", "c"]
+    # Classes (and pixels): rows true, columns predicted.
+    matrix = confusion_matrix(torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 0, 1, 2, 2, 1]), 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 2]]
+    assert most_confused(matrix, names) == [
+        {"true": "a", "predicted": "b", "count": 1},
+        {"true": "b", "predicted": "c", "count": 1},
+    ]
+    maps = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8), torch.tensor([[[0, 0], [1, 1]]], dtype=torch.uint8)
+    table = iou_table(confusion_matrix(*maps, 3), names)
+    assert [row["iou"] for row in table] == [0.5, 0.6667, None]  # c: absent and never predicted
+    assert [row["true_share"] for row in table] == [0.5, 0.5, 0.0]
+
+    logits, labels = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]), torch.tensor([[1, 0], [0, 1], [1, 0.0]])
+    per_label = per_label_table(logits, labels, ["x", "y"])
+    assert per_label[0] == {"label": "x", "support": 2, "predicted": 2, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert per_label[1]["recall"] == 1.0 and per_label[1]["precision"] == 1.0
+
+    residuals = residual_table(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[2.0, 0.0], [2.0, 4.0]]), "uv")
+    assert residuals[0] == {"target": "u", "mae": 1.0, "rmse": 1.0, "bias": 0.0, "max_abs": 1.0}
+    assert residuals[1]["bias"] == -2.0 and residuals[1]["max_abs"] == 4.0
+
+
+def test_train_dev_split_is_seeded_stratified_and_never_trained_on(tiny_data: Path) -> None:
+    def ids(datamodule: object, split: str) -> set[str]:
+        return {row.id for row in datamodule.splits[split]}
+
+    full_train = ids(project_datamodule(tiny_data), "train")
+    split = project_datamodule(tiny_data, train_dev_fraction=0.25)
+    train, train_dev = ids(split, "train"), ids(split, "train_dev")
     assert not train & train_dev and train | train_dev == full_train
-    per_class = torch.bincount(torch.tensor([label for _, label in train_dev]))
-    assert per_class.tolist() == [3, 3, 3]  # 25% of each class's 12
-    assert data(train_dev_fraction=0.25).splits["train_dev"] == split.splits["train_dev"]
-    assert set(data(train_dev_fraction=0.25, split_seed=1).splits["train_dev"]) != train_dev
-    assert "train_dev" not in data().splits
+    assert len(train_dev) == pytest.approx(0.25 * len(full_train), abs=len(split.class_names))
+    assert project_datamodule(tiny_data, train_dev_fraction=0.25).splits["train_dev"] == split.splits["train_dev"]
+    assert ids(project_datamodule(tiny_data, train_dev_fraction=0.25, split_seed=1), "train_dev") != train_dev
+    assert "train_dev" not in project_datamodule(tiny_data).splits
     assert len(split.train_dataloader().dataset) == len(train)
+    if TASK_TYPE in CLASSIFICATION:  # every class keeps its share
+        before = torch.bincount(torch.tensor(project_datamodule(tiny_data).labels("train")), minlength=2)
+        held = torch.bincount(torch.tensor(split.labels("train_dev")), minlength=len(before))
+        assert ((held - 0.25 * before).abs() <= 1).all()
 
 
 def test_errors_are_measured_without_augmentation(tiny_data: Path) -> None:
-    datamodule = DataModule(str(tiny_data), TINY_BACKBONE, image_size=32, num_workers=0, augment=True)
-    model = Model(TINY_BACKBONE, pretrained=False, num_classes=3, class_names=datamodule.class_names)
+    datamodule = project_datamodule(tiny_data, augment=True)
+    model = project_model(datamodule)
     first = evaluate_split(model, datamodule, "train")
     second = evaluate_split(model, datamodule, "train")
-    assert torch.equal(first.logits, second.logits)  # the training transform would crop and flip at random
-    assert first.error == pytest.approx((first.predictions != first.targets).float().mean().item())
-    assert first.losses.shape == (36,)
-    assert first.losses.mean().item() == pytest.approx(model.task.loss(first.logits, first.targets).item(), rel=1e-5)
+    assert torch.equal(first.outputs, second.outputs)  # the training transform would crop and flip at random
+    assert first.losses.shape == (36,) and first.ids == [row.id for row in datamodule.splits["train"]]
+    if first.dense:  # segmentation keeps the predicted class maps: the error is the share of wrong pixels
+        assert first.outputs.shape == first.targets.shape == (36, 32, 32)
+        assert first.error == pytest.approx((first.outputs != first.targets).float().mean().item(), abs=1e-6)
+    else:
+        assert first.error == pytest.approx(model.task.error(first.outputs, first.targets))
+        expected = model.task.loss(first.outputs, first.targets).item()
+        assert first.losses.mean().item() == pytest.approx(expected, rel=1e-5)
     assert model.training  # the mode is restored
-
-
-def test_baseline_command_scores_majority_and_linear_models(tiny_data: Path, tmp_path: Path) -> None:
-    # Unbalanced copy: train 12/6/6, val 4/2/1, so the majority class and its val share are known.
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    for split, keep in (("train", {"square": 6, "triangle": 6}), ("val", {"square": 2, "triangle": 1})):
-        for name, n in keep.items():
-            for path in sorted((data / split / name).iterdir())[n:]:
-                path.unlink()
-    cli = main(cli_args("baseline", data, tmp_path / "runs", "--steps", "20"))
-    result = json.loads((cli.run_dir / "baseline.json").read_text())
-    assert result["majority_class"] == "circle"
-    majority, linear = result["baselines"]["majority"], result["baselines"]["linear"]
-    assert majority["val"]["acc"] == pytest.approx(4 / 7)  # the largest class's share of val
-    assert majority["val"]["error"] == pytest.approx(3 / 7)
-    assert majority["train"]["acc"] == pytest.approx(0.5)
-    assert linear["train"]["acc"] > majority["train"]["acc"]  # a linear model fits 24 images of 768 pixels
-    assert result["best"]["val_error"] == min(majority["val"]["error"], linear["val"]["error"])
-    assert "| majority | val |" in (cli.run_dir / "baseline.md").read_text()
 
 
 def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, tmp_path: Path) -> None:
@@ -117,23 +160,47 @@ def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, t
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, *split, "--trainer.max_epochs", "1"))
     after_fit = json.loads((fit.run_dir / "diagnosis.json").read_text())
     assert after_fit["weights"] == fit.trainer.checkpoint_callback.best_model_path
-    # Measured like validation measured the (only) epoch: no augmentation, error = 1 - accuracy.
-    assert after_fit["errors"]["val"] == pytest.approx(1 - float(fit.trainer.callback_metrics["val/acc"]), abs=1e-6)
+    assert after_fit["task"] == TASK_TYPE and set(after_fit["inputs"]) == set(MODALITIES)
+    if TASK_TYPE in CLASSIFICATION:  # measured like validation measured the (only) epoch: error = 1 - accuracy
+        accuracy = float(fit.trainer.callback_metrics["val/acc"])
+        assert after_fit["errors"]["val"] == pytest.approx(1 - accuracy, abs=1e-6)
     assert after_fit["errors"]["reference"] == 0.4 and "earlier-baseline" in after_fit["reference_source"]
-    assert after_fit["sizes"] == {"train": 27, "train_dev": 9, "val": 12, "test": 12}
+    sizes = after_fit["sizes"]
+    assert sizes["train"] + sizes["train_dev"] == 36 and sizes["val"] == sizes["test"] == 12
 
     diagnosed = main(cli_args("diagnose", tiny_data, runs, *split, "--ckpt_path", "best"))
     report = json.loads((diagnosed.run_dir / "diagnosis.json").read_text())
     assert report["errors"] == pytest.approx(after_fit["errors"])
     assert report["dominant"] in report["gaps"] and report["next_steps"]
     analysis = report["error_analysis"]
-    matrix = torch.tensor(analysis["confusion_matrix"])
-    assert matrix.sum() == 12 and matrix.trace() == round(12 * (1 - report["errors"]["val"]))
-    assert all(pair["true"] != pair["predicted"] for pair in analysis["most_confused"])
-    losses = [example["loss"] for example in analysis["worst_examples"]]
-    assert len(losses) == 12 and losses == sorted(losses, reverse=True)  # worst_k=16 > 12 val images
+    examples = analysis["worst_examples"]
+    losses = [example["loss"] for example in examples]
+    assert len(losses) == 12 and losses == sorted(losses, reverse=True)  # worst_k=16 > 12 val samples
+    assert all(example["true"] and example["predicted"] for example in examples)
     markdown = (diagnosed.run_dir / "diagnosis.md").read_text()
-    assert "| train-dev |" in markdown and "Most-confused pairs" in markdown
-    for name in ("confusion_matrix.png", "worst_examples.png"):
-        with Image.open(diagnosed.run_dir / name) as image:
+    assert "| train-dev |" in markdown and "Worst 12 val examples" in markdown
+    if set(MODALITIES) - {"image"}:  # tabular / sequence: the table shows each sample's first input cells
+        assert all("=" in example["inputs"] for example in examples)
+    if TASK_TYPE in (*CLASSIFICATION, "segmentation"):
+        matrix = torch.tensor(analysis["confusion_matrix"])
+        assert all(pair["true"] != pair["predicted"] for pair in analysis["most_confused"])
+        if TASK_TYPE in CLASSIFICATION:
+            assert matrix.sum() == 12 and matrix.trace() == round(12 * (1 - report["errors"]["val"]))
+            assert "Most-confused pairs" in markdown
+        else:
+            assert matrix.sum() == 12 * 32 * 32 and len(analysis["per_class"]) == len(matrix)
+            assert "IoU per class" in markdown
+    elif TASK_TYPE == "multilabel":
+        val = project_datamodule(tiny_data).dataset("val")
+        support = torch.stack([val[i]["target"] for i in range(len(val))]).sum(0)
+        assert [row["support"] for row in analysis["per_label"]] == support.long().tolist()
+        assert "Per label" in markdown
+    elif TASK_TYPE == "regression":
+        assert len(analysis["residuals"]) >= 1 and all(row["rmse"] >= row["mae"] >= 0 for row in analysis["residuals"])
+        assert "Residuals" in markdown
+    if "image" in MODALITIES:
+        with Image.open(diagnosed.run_dir / "worst_examples.png") as image:
             assert image.width > 100 and image.height > 100
+    if TASK_TYPE in (*CLASSIFICATION, "segmentation"):
+        with Image.open(diagnosed.run_dir / "confusion_matrix.png") as image:
+            assert image.width > 50 and image.height > 50

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, cli_args
+from conftest import CLASSES, CONFIGS, MONITOR, cli_args, toy_sizes
 from {{ cookiecutter.package_name }}.checkpoint_io import AtomicCheckpointIO
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data.toy import write_toy_dataset
@@ -99,11 +99,9 @@ def test_sigkill_mid_epoch_resumes_from_last_without_losing_an_epoch(tiny_data: 
 
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough images that two training runs can be compared: 40 per class for train, 10 for val (even)."""
+    """Enough samples that two training runs can be compared: 120 for train, 30 for val (15 per rank)."""
     root = tmp_path_factory.mktemp("ddp") / "toy"
-    return write_toy_dataset(
-        root, size=32, per_class={"train": 40, "val": 10, "test": 2}, classes=("circle", "cross", "square")
-    )
+    return write_toy_dataset(root, sizes=toy_sizes(train=120, val=30, test=6), image_size=32, classes=CLASSES)
 
 
 @pytest.mark.slow
@@ -118,7 +116,7 @@ def test_ddp_on_two_processes_validates_exactly_like_one(ddp_data: Path, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads(newest(runs, "*validate*/validate_metrics.json").read_text())
     # 30 validation images split 15/15 across the ranks: the reduced metrics must equal the single-process ones.
-    assert two["val/acc"] == pytest.approx(one["val/acc"], abs=1e-6)
+    assert two[f"val/{MONITOR}"] == pytest.approx(one[f"val/{MONITOR}"], abs=1e-6)
     assert two["val/loss"] == pytest.approx(one["val/loss"], rel=1e-4)
 
 
@@ -127,13 +125,13 @@ def test_ddp_on_two_processes_trains_like_one(ddp_data: Path, tmp_path: Path) ->
     """Same data, seed, epochs and global batch (2 x 8 vs 16): the validation metric agrees within a tolerance."""
     common = ["--trainer.max_epochs", "8", "--data.augment", "false", "--model.lr", "3e-3"]
     single = main(cli_args("fit", ddp_data, tmp_path / "one", *common, "--data.batch_size", "16"))
-    one = float(single.trainer.callback_metrics["val/acc"])
+    one = float(single.trainer.callback_metrics[f"val/{MONITOR}"])
 
     args = cli_args("fit", ddp_data, tmp_path / "two", *common, "--data.batch_size", "8", *DDP_ON_CPU)
     result = subprocess.run(module_command(*args), capture_output=True, text=True, timeout=600, env=os.environ)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(newest(tmp_path / "two", "*/summary.json").read_text())
     assert summary["global_step"] == single.trainer.global_step  # the same number of optimizer steps
-    two = summary["val_metrics"]["val/acc"]
+    two = summary["val_metrics"][f"val/{MONITOR}"]
     assert one > 0.6 and two > 0.6, (one, two)  # both learned (chance is 1/3)
     assert abs(one - two) <= 0.15, (one, two)

@@ -52,10 +52,13 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--runs_dir", default="runs", help="Folder that holds one sub-folder per run.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        # The model's backbone decides input size and normalization; the data decides the classes.
+        # The model's task decides how targets are read, its backbone the input size and normalization; the data
+        # decides the classes, the regression target scaling and the encoder sizes (features, vocabulary).
+        parser.link_arguments("model.task", "data.task")
         parser.link_arguments("model.backbone", "data.backbone")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.target_stats", "model.target_stats", apply_on="instantiate")
+        parser.link_arguments("data.input_specs", "model.inputs", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

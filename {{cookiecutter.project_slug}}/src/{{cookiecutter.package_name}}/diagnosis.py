@@ -36,38 +36,119 @@ MEANINGS = {
     "val_overfitting": "over-fitting to the val set",
 }
 
-NEXT_STEPS = {
-    "avoidable_bias": [
-        "Make the model bigger: a larger `model.backbone` (e.g. resnet18 -> resnet50), or pretrained weights "
-        "(`model.pretrained: true`).",
-        "Train longer: raise `trainer.max_epochs`.",
-        "Tune the optimizer: `model.lr` first (too high and too low both under-fit), then the warmup "
-        "(`model.warmup_fraction`).",
-        "Regularize less: lower `model.weight_decay`, `model.dropout`, `model.label_smoothing`; weaker "
-        "augmentation (`data.augment: false`).",
-        "Try another architecture, and look at which training classes the model gets wrong.",
-    ],
-    "variance": [
-        "Get more training data.",
-        "Augment the data (`data.augment: true`).",
-        "Regularize more: raise `model.weight_decay`, `model.dropout`, `model.label_smoothing`.",
-        "Stop early: the best checkpoint by the optimizing metric is already kept (`checkpoint.monitor`); "
-        "fewer epochs also help.",
-        "A smaller model, or a pretrained backbone that needs less data.",
-    ],
-    "data_mismatch": [
-        "Error analysis of the mismatch: look at worst_examples.png and the most-confused pairs and find how "
-        "val images differ from training images.",
-        "Make the training data more like val/test: collect data from the val/test distribution and add it to train.",
-        "Synthesize the difference: augmentation or rendered data that mimics the val/test conditions "
-        "(lighting, blur, noise, framing), checking it covers more than one narrow case.",
-        "Fine-tune on a small labelled set from the val/test distribution (domain adaptation).",
-    ],
-    "val_overfitting": [
-        "Use a bigger val set (`data.val_fraction`, or more files in val/).",
-        "Tune fewer decisions on val; keep the test set for the final estimate only.",
-    ],
+ERROR_MEANINGS = {
+    "multiclass": "the fraction of samples misclassified",
+    "binary": "the fraction of samples misclassified (threshold 0.5)",
+    "multilabel": "the fraction of wrong label decisions (Hamming error, threshold 0.5)",
+    "regression": "RMSE in units of each target's train standard deviation, averaged over targets "
+    "(1.0 = as good as predicting the train mean)",
+    "segmentation": "the fraction of pixels misclassified",
 }
+RATE_FREE_TASKS = ("regression",)  # errors that are not rates between 0 and 1
+
+
+def format_error(value: float, task: str = "multiclass", sign: bool = False) -> str:
+    """An error or a gap: a percentage for error rates, a plain number for regression's standardized RMSE."""
+    if task in RATE_FREE_TASKS:
+        return f"{value:+.4f}" if sign else f"{value:.4f}"
+    return f"{value:+.2%}" if sign else f"{value:.2%}"
+
+
+def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "multiclass") -> list[str]:
+    """What to try for `problem`, in order, naming the config keys that exist for these inputs and this task."""
+    image = "image" in inputs
+    learned = [name for name in inputs if name in ("tabular", "sequence")]  # inputs with a sized encoder
+    several = len(inputs) > 1
+    regularizers = ["`model.weight_decay`", "`model.dropout`"]
+    if task == "multiclass":
+        regularizers.append("`model.label_smoothing`")
+    regularizers = ", ".join(regularizers)
+    analysis = {
+        "multiclass": "the most-confused pairs",
+        "binary": "the confusion matrix",
+        "multilabel": "the per-label table",
+        "regression": "the residuals per target",
+        "segmentation": "the per-class IoU table",
+    }.get(task, "the error analysis")
+    worst = "worst_examples.png and the worst-examples table" if image else "the worst-examples table"
+
+    bigger = []
+    if image:
+        bigger.append(
+            "a larger `model.backbone` (e.g. resnet18 -> resnet50) or pretrained weights (`model.pretrained`)"
+        )
+    if learned:
+        bigger.append(f"a wider {' and '.join(learned)} encoder (`model.hidden_dim`)")
+    if "sequence" in inputs:
+        bigger.append("`model.sequence_encoder: transformer`")
+    if several:
+        bigger.append("a wider fusion (`model.fusion_dim`, `model.fusion: gated`)")
+    smaller = []
+    if image:
+        smaller.append("a smaller `model.backbone`, or a pretrained one that needs less data")
+    if learned:
+        smaller.append("a smaller `model.hidden_dim`")
+    less_regularization = f"Regularize less: lower {regularizers}"
+    if image:
+        less_regularization += "; weaker augmentation (`data.augment: false`)"
+    more_data_like_val = []
+    if image:
+        more_data_like_val.append(
+            "images: augmentation or rendered data that mimics the val/test conditions (lighting, blur, noise, framing)"
+        )
+    if "tabular" in inputs:
+        more_data_like_val.append(
+            "tabular: compare each column between train and val (units, ranges, missing-value "
+            "rates, categories unseen in train) and fix the pipeline that differs"
+        )
+    if "sequence" in inputs:
+        more_data_like_val.append(
+            "sequences: compare lengths and vocabulary (the unknown-token rate) between train "
+            "and val; raise `data.max_length` if val sequences are longer"
+        )
+    steps = {
+        "avoidable_bias": [
+            "Make the model bigger: " + ("; ".join(bigger) or "more capacity in the encoders") + ".",
+            "Train longer: raise `trainer.max_epochs`.",
+            "Tune the optimizer: `model.lr` first (too high and too low both under-fit), then the warmup "
+            "(`model.warmup_fraction`).",
+            less_regularization + ".",
+            "Try another architecture, and look at which training samples the model gets wrong.",
+        ],
+        "variance": [
+            "Get more training data.",
+            *(["Augment the data (`data.augment: true`)."] if image else []),
+            *(
+                [
+                    "Drop feature columns that should not matter (ids, leaky or noisy columns) from "
+                    "`data.numeric_columns` / `data.categorical_columns`."
+                ]
+                if "tabular" in inputs
+                else []
+            ),
+            f"Regularize more: raise {regularizers}.",
+            "Stop early: the best checkpoint by the optimizing metric is already kept (`checkpoint.monitor`); "
+            "fewer epochs also help.",
+            "A smaller model: " + ("; ".join(smaller) or "fewer parameters") + ".",
+        ],
+        "data_mismatch": [
+            f"Error analysis of the mismatch: look at {worst} and {analysis} in diagnosis.md, and find how val "
+            "samples differ from training samples.",
+            "Make the training data more like val/test: collect data from the val/test distribution and add it to "
+            "train.",
+            "Synthesize or correct the difference, checking it covers more than one narrow case"
+            + (": " + "; ".join(more_data_like_val) if more_data_like_val else "")
+            + ".",
+            "Fine-tune on a small labelled set from the val/test distribution (domain adaptation).",
+        ],
+        "val_overfitting": [
+            "Use a bigger val set (`data.val_fraction`, or more samples in the val split).",
+            "Tune fewer decisions on val; keep the test set for the final estimate only.",
+        ],
+    }
+    return steps[problem]
+
+
 NOT_SEPARABLE_STEP = (
     "Hold out a train-dev split (`data.train_dev_fraction: 0.1`) to tell over-fitting from data mismatch: "
     "val - train mixes the two."
@@ -81,7 +162,8 @@ NOTHING_DOMINANT = [
 
 @dataclass(frozen=True)
 class SplitErrors:
-    """Error (1 - accuracy for classification) on each split; train_dev and test are optional."""
+    """The task's error (ERROR_MEANINGS; 1 - accuracy for classification) on each split; train_dev and test are
+    optional."""
 
     reference: float
     train: float
@@ -101,6 +183,8 @@ class Diagnosis:
     reference_source: str = ""
     sizes: dict[str, int] = field(default_factory=dict)  # samples per split, for the noise in each error
     notes: list[str] = field(default_factory=list)
+    task: str = "multiclass"  # the task type: what the error means and how it is written
+    inputs: list[str] = field(default_factory=list)  # the model's inputs: which knobs the next steps name
 
 
 def diagnose(
@@ -108,8 +192,15 @@ def diagnose(
     tolerance: float = 0.01,
     reference_source: str = "",
     sizes: dict[str, int] | None = None,
+    task: str = "multiclass",
+    inputs: tuple[str, ...] | list[str] = ("image",),
 ) -> Diagnosis:
-    """Gaps between consecutive splits, the dominant problem and what to try next for it."""
+    """Gaps between consecutive splits, the dominant problem and what to try next for it.
+
+    `task` and `inputs` (the project's task type and input modalities) only change the wording: what the error
+    means, and which config keys the next steps name.
+    """
+    inputs = tuple(inputs)
     separable = errors.train_dev is not None
     gaps = {"avoidable_bias": errors.train - errors.reference}
     if separable:
@@ -126,9 +217,13 @@ def diagnose(
     if dominant is None:
         steps = list(NOTHING_DOMINANT)
     elif dominant == "variance" and not separable:
-        steps = [NOT_SEPARABLE_STEP, *NEXT_STEPS["variance"], *NEXT_STEPS["data_mismatch"][:2]]
+        steps = [
+            NOT_SEPARABLE_STEP,
+            *next_steps("variance", inputs, task),
+            *next_steps("data_mismatch", inputs, task)[:2],
+        ]
     else:
-        steps = list(NEXT_STEPS[dominant])
+        steps = next_steps(dominant, inputs, task)
 
     notes = []
     if not separable:
@@ -147,17 +242,25 @@ def diagnose(
     for split in ("train_dev", "val", "test"):
         error, n = getattr(errors, split), sizes.get(split)
         if error is not None and n:
-            stderr = standard_error(error, n)
+            stderr = standard_error(error, n, rate=task not in RATE_FREE_TASKS)
             if stderr > tolerance:
                 notes.append(
-                    f"The {split} error is known to about +/-{stderr:.1%} ({n} samples, one standard error): "
-                    "gaps of that size can be noise."
+                    f"The {split} error is known to about +/-{format_error(stderr, task)} ({n} samples, one "
+                    "standard error): gaps of that size can be noise."
                 )
-    return Diagnosis(errors, gaps, dominant, steps, above, tolerance, reference_source, sizes, notes)
+    return Diagnosis(
+        errors, gaps, dominant, steps, above, tolerance, reference_source, sizes, notes, task, list(inputs)
+    )
 
 
-def standard_error(error: float, n: int) -> float:
-    """Standard error of an error rate measured on n samples (binomial), floored at one error in n."""
+def standard_error(error: float, n: int, rate: bool = True) -> float:
+    """Standard error of an error measured on n samples.
+
+    An error rate: binomial, floored at one error in n (pixels or labels of one sample are correlated, so n counts
+    samples, which errs on the side of more noise). An RMSE (`rate=False`): about RMSE / sqrt(2n).
+    """
+    if not rate:
+        return error / math.sqrt(2 * n)
     p = min(max(error, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
     return math.sqrt(p * (1 - p) / n)
 
@@ -177,13 +280,18 @@ def title(diagnosis: Diagnosis) -> str:
 
 def to_markdown(diagnosis: Diagnosis) -> str:
     """The table of errors, the gaps and the next steps, as Markdown."""
-    errors, sizes = diagnosis.errors, diagnosis.sizes
+    errors, sizes, task = diagnosis.errors, diagnosis.sizes, diagnosis.task
     reference = "reference" + (f" ({diagnosis.reference_source})" if diagnosis.reference_source else "")
-    lines = ["| split | error | samples |", "|---|---:|---:|", f"| {reference} | {errors.reference:.2%} | |"]
+    lines = [f"error: {ERROR_MEANINGS.get(task, 'the task error')}.", ""]
+    lines += [
+        "| split | error | samples |",
+        "|---|---:|---:|",
+        f"| {reference} | {format_error(errors.reference, task)} | |",
+    ]
     for split in ("train", "train_dev", "val", "test"):
         error = getattr(errors, split)
         if error is not None:
-            lines.append(f"| {split.replace('_', '-')} | {error:.2%} | {sizes.get(split, '')} |")
+            lines.append(f"| {split.replace('_', '-')} | {format_error(error, task)} | {sizes.get(split, '')} |")
     lines += ["", "| gap | value | meaning |", "|---|---:|---|"]
     for name in PROBLEMS:
         if name not in diagnosis.gaps:
@@ -192,8 +300,9 @@ def to_markdown(diagnosis: Diagnosis) -> str:
         if name == "variance" and errors.train_dev is None:
             label, meaning = "variance + data mismatch = val - train", "over-fitting or distribution shift"
         marker = " **<- dominant**" if name == diagnosis.dominant else ""
-        lines.append(f"| {label} | {diagnosis.gaps[name]:+.2%} | {meaning}{marker} |")
-    lines += ["", f"**Dominant problem: {title(diagnosis)}** (tolerance {diagnosis.tolerance:.1%})", ""]
+        lines.append(f"| {label} | {format_error(diagnosis.gaps[name], task, sign=True)} | {meaning}{marker} |")
+    tolerance = format_error(diagnosis.tolerance, task)
+    lines += ["", f"**Dominant problem: {title(diagnosis)}** (tolerance {tolerance})", ""]
     lines += ["Next steps, in the order to try them:", ""]
     lines += [f"{i}. {step}" for i, step in enumerate(diagnosis.next_steps, 1)]
     if len(diagnosis.to_address) > 1:

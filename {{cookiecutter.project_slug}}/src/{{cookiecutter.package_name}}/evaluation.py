@@ -1,46 +1,106 @@
 """Error of a model on one split, with the per-sample losses and outputs error analysis needs.
 
 Every split is read with the evaluation transform (no augmentation), so train and val errors are measured the
-same way and their difference is the model's, not the augmentation's.
+same way and their difference is the model's, not the augmentation's. The same accumulation scores the
+baselines, so a baseline's error and the model's are measured identically.
 """
 
 from __future__ import annotations
 
-import copy
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import Precision
+from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
 
-from .data.image import ImageDataset
+from .data.datamodule import RowDataset
 
 
 @dataclass
 class SplitEvaluation:
     split: str
-    error: float
-    logits: torch.Tensor  # [N, C] raw outputs, float32 on the CPU
-    targets: torch.Tensor  # [N]
+    error: float  # task.error over the whole split
+    # [N, K] raw network outputs (logits; regression: standardized values), float32 on the CPU. Per-pixel outputs
+    # [N, C, H, W] are kept as their predicted class maps [N, H, W] instead: C logit maps per image of a large
+    # split would not fit in memory.
+    outputs: torch.Tensor
+    targets: torch.Tensor  # [N, ...] as the dataset gives them (class maps: the same compact dtype as outputs)
     losses: torch.Tensor  # [N] the task's loss per sample
-    paths: list[str]
+    ids: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)  # the task's metrics, when asked for
 
     @property
-    def predictions(self) -> torch.Tensor:
-        return self.logits.argmax(dim=-1)
+    def dense(self) -> bool:
+        """True when `outputs` holds predicted class maps (segmentation), not raw outputs."""
+        return self.outputs.dim() > 2
 
 
-def eval_dataset(datamodule: pl.LightningDataModule, split: str, max_samples: int | None = None) -> ImageDataset:
-    """A split with the evaluation transform; at most `max_samples` of it (a seeded random subset)."""
-    samples = datamodule.splits[split]
-    if max_samples is not None and len(samples) > max_samples:
-        samples = sorted(random.Random(0).sample(samples, max_samples))
-    return ImageDataset(samples, datamodule.data_config.transform(train=False))
+def _compact(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class maps in the smallest integer type that holds them (uint8 up to 256 classes)."""
+    return classes.to(torch.uint8 if num_classes <= 256 else torch.int32).cpu()
 
 
-def eval_loader(datamodule: pl.LightningDataModule, dataset: ImageDataset) -> DataLoader:
+class Accumulator:
+    """Collects one model's outputs on one split batch by batch; `result()` gives the SplitEvaluation.
+
+    The error is task.error over all outputs. For per-pixel outputs it is the sample-weighted mean of the batch
+    errors instead, which is the same number for a per-pixel error over images of one size (the evaluation
+    transform gives every image the same size). `metrics`, if given, are updated batch by batch.
+    """
+
+    def __init__(self, task: Any, split: str, metrics: MetricCollection | None = None):
+        self.task, self.split, self.metrics = task, split, metrics
+        self.outputs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
+        self.ids: list[str] = []
+        self.dense_errors: list[tuple[float, int]] = []
+
+    def update(self, outputs: torch.Tensor, target: torch.Tensor, ids: list[str]) -> None:
+        outputs, target = outputs.float(), target.to(outputs.device)
+        self.losses.append(self.task.per_sample_loss(outputs, target).float().cpu())
+        if self.metrics is not None:
+            self.metrics.update(*self.task.metric_inputs(outputs, target))
+        if outputs.dim() > 2:  # [B, C, H, W]: keep the class maps only
+            self.dense_errors.append((self.task.error(outputs, target), len(outputs)))
+            num_classes = outputs.shape[1]
+            self.outputs.append(_compact(outputs.argmax(dim=1), num_classes))
+            self.targets.append(_compact(target, num_classes))
+        else:
+            self.outputs.append(outputs.cpu())
+            self.targets.append(target.cpu())
+        self.ids.extend(ids)
+
+    def result(self) -> SplitEvaluation:
+        if not self.outputs:
+            raise ValueError(f"the {self.split} split is empty: nothing to evaluate")
+        outputs, targets = torch.cat(self.outputs), torch.cat(self.targets)
+        if self.dense_errors:
+            error = sum(e * n for e, n in self.dense_errors) / sum(n for _, n in self.dense_errors)
+        else:
+            error = self.task.error(outputs, targets)
+        metrics = {}
+        if self.metrics is not None:
+            metrics = {name: float(value) for name, value in self.metrics.compute().items()}
+        return SplitEvaluation(self.split, float(error), outputs, targets, torch.cat(self.losses), self.ids, metrics)
+
+
+def eval_dataset(datamodule: pl.LightningDataModule, split: str, max_samples: int | None = None) -> RowDataset:
+    """A split without augmentation; at most `max_samples` of it (a seeded random subset, in split order)."""
+    dataset = datamodule.dataset(split, train=False)
+    if max_samples is not None and len(dataset.rows) > max_samples:
+        keep = sorted(random.Random(0).sample(range(len(dataset.rows)), max_samples))
+        dataset.rows = [dataset.rows[i] for i in keep]
+    return dataset
+
+
+def eval_loader(datamodule: pl.LightningDataModule, dataset: RowDataset) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=datamodule.hparams.batch_size,
@@ -51,50 +111,25 @@ def eval_loader(datamodule: pl.LightningDataModule, dataset: ImageDataset) -> Da
 
 
 @torch.no_grad()
-def predict(
-    module: pl.LightningModule, loader: DataLoader, device: torch.device, precision: Precision | None = None
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Logits, targets and paths of every batch, in eval mode (the module's mode is restored after).
+def run_model(
+    forward: Callable[[dict[str, Any]], torch.Tensor],
+    accumulator: Accumulator,
+    loader: DataLoader,
+    device: torch.device,
+    precision: Precision | None = None,
+) -> SplitEvaluation:
+    """Every batch of `loader` through `forward` into `accumulator`.
 
-    `precision`: the Trainer's precision plugin, so inputs and autocast match training (bf16-mixed, 16-true...).
+    `precision`: the Trainer's precision plugin, so inputs and autocast match training (bf16-mixed, 16-true...);
+    the targets keep their dtype, so the loss and error are measured in float32.
     """
     precision = precision or Precision()
-    was_training = module.training
-    module.eval()
-    logits, targets, paths = [], [], []
-    try:
-        for batch in loader:
-            inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            inputs = precision.convert_input(inputs)
-            with precision.forward_context():
-                logits.append(module(inputs).float().cpu())
-            targets.append(batch["target"])
-            paths.extend(batch["path"])
-    finally:
-        module.train(was_training)
-    return torch.cat(logits), torch.cat(targets), paths
-
-
-def split_error(task: object, logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """1 - accuracy through the task's own metrics; a task without accuracy can define `error(logits, targets)`."""
-    error_fn = getattr(task, "error", None)
-    if callable(error_fn):
-        return float(error_fn(logits, targets))
-    metrics = task.metrics()
-    if "acc" not in metrics:
-        raise ValueError(f"{type(task).__name__} has no 'acc' metric and no error(logits, targets) method")
-    return 1.0 - float(metrics["acc"](logits, targets))
-
-
-def per_sample_losses(task: object, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The task's loss for every sample (the same loss training minimizes, unreduced)."""
-    loss = task.loss
-    if hasattr(loss, "reduction"):  # every torch loss module
-        unreduced = copy.copy(loss)  # a shallow copy: the task's own loss keeps its reduction
-        unreduced.reduction = "none"
-        losses = unreduced(logits, targets)
-        return losses.flatten(1).mean(1) if losses.ndim > 1 else losses
-    return torch.stack([loss(logits[i : i + 1], targets[i : i + 1]) for i in range(len(targets))])
+    for batch in loader:
+        inputs = precision.convert_input(move_data_to_device(batch, device))
+        with precision.forward_context():
+            outputs = forward(inputs)
+        accumulator.update(outputs, move_data_to_device(batch["target"], device), list(batch["id"]))
+    return accumulator.result()
 
 
 def evaluate_split(
@@ -105,11 +140,12 @@ def evaluate_split(
     precision: Precision | None = None,
     max_samples: int | None = None,
 ) -> SplitEvaluation:
-    """Run the model over one split (evaluation transform) and measure its error."""
+    """Run the model over one split (evaluation transform, eval mode; the module's mode is restored after)."""
     device = device or module.device
     loader = eval_loader(datamodule, eval_dataset(datamodule, split, max_samples))
-    logits, targets, paths = predict(module, loader, device, precision)
-    task = module.task
-    return SplitEvaluation(
-        split, split_error(task, logits, targets), logits, targets, per_sample_losses(task, logits, targets), paths
-    )
+    was_training = module.training
+    module.eval()
+    try:
+        return run_model(module, Accumulator(module.task, split), loader, device, precision)
+    finally:
+        module.train(was_training)

@@ -26,14 +26,14 @@ class ProjectTrainer(Trainer):
         steps: int = 100,
         max_train_samples: int | None = 20000,
     ) -> dict[str, Any]:
-        """Majority-class and linear baselines on the same splits and metrics: the floor the model must beat.
+        """Constant ("majority") and linear baselines on the same splits and metrics: the floor the model must beat.
 
         Args:
-            model: gives the task (metrics, loss); its network is not used.
-            datamodule: the splits.
+            model: gives the task (metrics, loss, error); its network is not used.
+            datamodule: the splits and inputs.
             feature_size: the linear model sees images averaged down to feature_size x feature_size pixels.
             steps: L-BFGS iterations fitting the linear model (full batch).
-            max_train_samples: fit on at most this many training images (seeded subset); None: all.
+            max_train_samples: fit on at most this many training samples (seeded subset); None: all.
         """
         result = baselines.run_baselines(model.task, datamodule, feature_size, steps, max_train_samples)
         run_dir = Path(self.default_root_dir)

@@ -1,9 +1,10 @@
 """After fit: is the model under-fitting, over-fitting or facing data mismatch, and what to try next.
 
 Evaluates the best checkpoint on train, train-dev, val and test (evaluation transform everywhere), compares the
-errors with a reference error (diagnosis.py), and looks at the val errors: confusion matrix, most-confused
-pairs, the worst examples. Writes `diagnosis.md`, `diagnosis.json`, `confusion_matrix.png` and
-`worst_examples.png` into the run folder and logs them. The `diagnose` command runs the same on a checkpoint.
+errors with a reference error (diagnosis.py), and looks at the val errors (error_analysis.py: per task, e.g. the
+most-confused classes, per-label F1, residuals or per-class IoU, and the worst examples). Writes `diagnosis.md`,
+`diagnosis.json` and the images (`confusion_matrix.png` for classes, `worst_examples.png` for image inputs) into
+the run folder and logs them. The `diagnose` command runs the same on a checkpoint.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from .. import baselines
 from ..diagnosis import Diagnosis as Report
 from ..diagnosis import SplitErrors, diagnose, title, to_dict, to_markdown
-from ..error_analysis import confusion_matrix, confusion_matrix_image, denormalize, image_grid, most_confused
+from ..error_analysis import analyze
 from ..errors import ProjectError
-from ..evaluation import SplitEvaluation, eval_dataset, evaluate_split
-from ..tasks import MulticlassTask
+from ..evaluation import evaluate_split
 
 SPLITS = ("train", "train_dev", "val", "test")
 
@@ -35,12 +35,14 @@ class Diagnosis(pl.Callback):
     """Bias / variance / data-mismatch diagnosis and error analysis at the end of fit.
 
     Args:
-        reference_error: human-level error on this task (a proxy for the Bayes error), e.g. 0.02. None: the
-            best val error of the newest `baseline` run in the runs folder (when `use_baseline`), else 0.
+        reference_error: human-level error on this task (a proxy for the Bayes error), in the task's error units
+            (diagnosis.ERROR_MEANINGS: an error rate such as 0.02, or for regression an RMSE in train standard
+            deviations). None: the best val error of the newest `baseline` run in the runs folder (when
+            `use_baseline`), else 0.
         use_baseline: fall back to the newest baseline result when `reference_error` is None.
         worst_k: how many of the highest-loss val examples to show.
         enabled: run after fit (the `diagnose` command runs regardless).
-        tolerance: gaps up to this size (an error difference, 0.01 = one point) are not called a problem.
+        tolerance: gaps up to this size (an error difference, 0.01 = one point of error rate) are not a problem.
         train_samples: measure the train error on at most this many training samples (seeded); None: all.
             Train error is an estimate anyway, and a full pass over a large training set costs an epoch.
     """
@@ -54,8 +56,8 @@ class Diagnosis(pl.Callback):
         tolerance: float = 0.01,
         train_samples: int | None = 10000,
     ):
-        if reference_error is not None and not 0.0 <= reference_error <= 1.0:
-            raise ValueError(f"reference_error={reference_error} is an error rate: between 0 and 1")
+        if reference_error is not None and not reference_error >= 0.0:
+            raise ValueError(f"reference_error={reference_error} is an error: 0 or more (0 = perfect)")
         self.reference_error = reference_error
         self.use_baseline = use_baseline
         self.worst_k = worst_k
@@ -110,15 +112,14 @@ class Diagnosis(pl.Callback):
         reference, reference_source, reference_notes = self.reference(run_dir.parent)
         errors = SplitErrors(reference, **{split: evaluation.error for split, evaluation in evaluations.items()})
         sizes = {split: len(evaluation.targets) for split, evaluation in evaluations.items()}
-        report = diagnose(errors, self.tolerance, reference_source, sizes)
+        task_type = module.hparams.get("task") or datamodule.hparams.task
+        inputs = tuple(getattr(datamodule, "inputs", None) or module.hparams.get("inputs") or ())
+        report = diagnose(errors, self.tolerance, reference_source, sizes, task_type, inputs)
         report.notes.extend([*reference_notes, *(notes or [])])
         result = {**to_dict(report), "weights": source}
-        markdown = f"# Diagnosis\n\nWeights: {source}\n\n{to_markdown(report)}"
-        images: dict[str, Image.Image] = {}
-        if isinstance(module.task, MulticlassTask):
-            analysis, analysis_md, images = self.error_analysis(module.task, datamodule, evaluations["val"])
-            result["error_analysis"] = analysis
-            markdown += analysis_md
+        analysis, analysis_md, images = analyze(task_type, module.task, datamodule, evaluations["val"], self.worst_k)
+        result["error_analysis"] = analysis
+        markdown = f"# Diagnosis\n\nWeights: {source}\n\n{to_markdown(report)}{analysis_md}"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "diagnosis.md").write_text(markdown, encoding="utf-8")
         (run_dir / "diagnosis.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -142,47 +143,6 @@ class Diagnosis(pl.Callback):
             )
             return latest[0], f"best baseline's val error: {latest[1]}", [note]
         return 0.0, "none configured: 0; set reference_error to a human-level error, or run `baseline`", []
-
-    def error_analysis(
-        self, task: MulticlassTask, datamodule: pl.LightningDataModule, val: SplitEvaluation
-    ) -> tuple[dict[str, Any], str, dict[str, Image.Image]]:
-        """Confusion matrix, most-confused pairs and the worst-k val examples (highest loss)."""
-        names = task.class_names
-        metric = confusion_matrix(val.predictions, val.targets, task.num_classes)
-        matrix = metric.compute()
-        pairs = most_confused(matrix, names)
-        worst = val.losses.topk(min(self.worst_k, len(val.losses))).indices.tolist()
-        probabilities = task.activation(val.logits)
-        examples = [
-            {
-                "path": val.paths[i],
-                "true": names[int(val.targets[i])],
-                "predicted": names[int(val.predictions[i])],
-                "confidence": round(float(probabilities[i].max()), 4),
-                "loss": round(float(val.losses[i]), 4),
-            }
-            for i in worst
-        ]
-        lines = ["", "## Error analysis (val)", "", "Most-confused pairs (true -> predicted):", ""]
-        lines += [f"- {p['true']} -> {p['predicted']}: {p['count']}" for p in pairs] or ["- none: no val errors"]
-        lines += ["", "Confusion matrix: confusion_matrix.png (rows: true class, columns: predicted class).", ""]
-        lines += [f"Worst {len(examples)} val examples (highest loss): worst_examples.png", ""]
-        lines += ["| # | true | predicted | confidence | loss | file |", "|---:|---|---|---:|---:|---|"]
-        lines += [
-            f"| {k} | {e['true']} | {e['predicted']} | {e['confidence']:.3f} | {e['loss']:.3f} | {e['path']} |"
-            for k, e in enumerate(examples, 1)
-        ]
-        dataset = eval_dataset(datamodule, "val")
-        position = {path: i for i, (path, _) in enumerate(dataset.samples)}
-        config = datamodule.data_config
-        tiles = [denormalize(dataset[position[Path(e["path"])]]["image"], config.mean, config.std) for e in examples]
-        captions = [f"true {e['true']}\npred {e['predicted']} {e['confidence']:.2f}" for e in examples]
-        images = {
-            "confusion_matrix": confusion_matrix_image(metric, names),
-            "worst_examples": image_grid(tiles, captions),
-        }
-        analysis = {"confusion_matrix": matrix.tolist(), "most_confused": pairs, "worst_examples": examples}
-        return analysis, "\n".join(lines) + "\n", images
 
     @staticmethod
     def log_to(trainer: pl.Trainer, report: Report, markdown: str, images: dict[str, Image.Image]) -> None:

@@ -1,4 +1,5 @@
-"""Writes `predict` outputs to a CSV: one row per input, with the class names and probabilities."""
+"""Writes `predict` outputs to a CSV: one row per input (its id), then the task's columns (classes, probabilities,
+values)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ class CSVPredictionWriter(BasePredictionWriter):
         rows = []
         for batch in predictions:
             task_rows = pl_module.task.prediction_rows(batch["outputs"])
-            rows.extend({"path": path, **row} for path, row in zip(batch["path"], task_rows, strict=True))
+            rows.extend({"id": sample, **row} for sample, row in zip(batch["id"], task_rows, strict=True))
         folder = Path(self.output_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.csv"
         self.path = folder / name
         with self.path.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["path"])
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["id"])
             writer.writeheader()
             writer.writerows(rows)
         if trainer.is_global_zero:

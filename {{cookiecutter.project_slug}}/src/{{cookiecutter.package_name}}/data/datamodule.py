@@ -1,78 +1,125 @@
-"""The DataModule: finds the splits, builds datasets and loaders.
+"""The DataModule: reads the splits as rows, builds one reader per input plus the target, makes the loaders.
 
-Splits come from `<root>/train`, `<root>/val` and `<root>/test`. A missing val or test folder is carved out of
-train with a seeded, stratified split (same seed, same split). Normalization comes from the backbone's
-pretrained config, the same for every split.
+Two layouts under `root`:
+- a manifest CSV per split, `train.csv` (+ `val.csv`, `test.csv`), whose columns the config maps to roles:
+  the image path, tabular feature columns, the sequence column, the target column(s);
+- class folders `<split>/<class>/<image>` (image classification only).
+A missing val or test split is carved out of train, seeded (stratified by class for classification). Readers
+learn their statistics (normalization, vocabularies, class names) from the train split only, then every row of
+every split is checked once, so bad data fails before the first step with its file, line and column.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .image import UNLABELLED, ImageDataConfig, ImageDataset, class_folders, list_images, scan_split
+from .table import Reader, Row, read_csv
 
-Samples = list[tuple[Path, int]]
 PACKAGE = __package__.split(".")[0]
+SPLITS = ("train", "val", "test")
+CLASSIFICATION = ("multiclass", "binary")
 
 
-def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
-    """Split off `fraction` of every class (at least one sample of a class with two or more); seeded."""
-    by_class: dict[int, Samples] = defaultdict(list)
-    for sample in samples:
-        by_class[sample[1]].append(sample)
+def split_off(
+    rows: list[Row], fraction: float, seed: int, label: Callable[[Row], int] | None = None
+) -> tuple[list[Row], list[Row]]:
+    """Move `fraction` of the rows to a held-out split: per class when `label` is given (at least one sample of
+    a class with two or more), else overall. Seeded; both parts keep the input order."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[label(row) if label else 0].append(i)
     rng = random.Random(seed)
-    keep, held_out = [], []
-    for label in sorted(by_class):
-        items = sorted(by_class[label])
-        rng.shuffle(items)
-        n = round(len(items) * fraction)
-        n = max(n, 1) if len(items) >= 2 and fraction > 0 else n
-        held_out.extend(items[:n])
-        keep.extend(items[n:])
-    return sorted(keep, key=_by_label_then_path), sorted(held_out, key=_by_label_then_path)
-
-
-def _by_label_then_path(sample: tuple[Path, int]) -> tuple[int, str]:
-    return sample[1], str(sample[0])
+    held_out: set[int] = set()
+    for key in sorted(groups):
+        indices = groups[key]
+        rng.shuffle(indices)
+        n = round(len(indices) * fraction)
+        n = max(n, 1) if len(indices) >= 2 and fraction > 0 else n
+        held_out.update(indices[:n])
+    keep = [row for i, row in enumerate(rows) if i not in held_out]
+    return keep, [row for i, row in enumerate(rows) if i in held_out]
 
 
 def default_num_workers() -> int:
-    """One core stays with the training loop; more than 8 workers rarely helps image decoding."""
+    """One core stays with the training loop; more than 8 workers rarely helps decoding."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+class RowDataset(Dataset):
+    """Rows -> batch-contract dicts: {"id": str, <input>: ..., "target": ...}, one entry per reader."""
+
+    def __init__(self, rows: list[Row], readers: list[Reader], train: bool = False):
+        self.rows = rows
+        self.readers = readers
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        item: dict[str, Any] = {"id": row.id}
+        for reader in self.readers:
+            item.update(reader.read(row, self.train))
+        return item
+
+
 class DataModule(pl.LightningDataModule):
-    """Image-folder data.
+    """Data for every task and input: the config names which columns play which role.
 
     Args:
-        root: dataset folder holding train/ (and optionally val/, test/), each with one folder per class.
-        backbone: the model's timm backbone (linked from model.backbone): gives input size and normalization.
-        image_size: input side in pixels; None uses the backbone's pretrained input size.
+        root: dataset folder: train.csv (+ val.csv, test.csv), or train/ (+ val/, test/) with class folders.
+        task: the task type (linked from model.task): decides how the target column is read.
+        backbone: the model's timm backbone (linked from model.backbone): input size and normalization.
+        image_size: image side in pixels; None uses the backbone's pretrained input size.
+        image_column: CSV column with each image's path (relative to root); None: no image input.
+        mask_column: segmentation: CSV column with each mask's path (pixel value = class index).
+        numeric_columns: tabular numeric feature columns (standardized with train statistics, missing imputed).
+        categorical_columns: tabular categorical columns (embedded; unseen values share an unknown bucket).
+        sequence_column: CSV column with a text or a whitespace-separated numeric series; None: no sequence.
+        sequence_kind: "tokens" (text) or "numeric" (time series).
+        max_length: sequence steps kept (longer ones are truncated, shorter ones padded and masked).
+        target_columns: the column(s) to predict (regression: one per output).
+        classes: class / label names in output order; None: sorted values seen in train (multiclass, binary).
         batch_size: samples per batch (per device).
         num_workers: data loader processes; None picks cpu_count - 1 (max 8).
-        val_fraction: share of each class moved from train to val when there is no val/ folder.
-        test_fraction: share of each class moved from train to test when there is no test/ folder.
+        val_fraction: share of train moved to val when there is no val split.
+        test_fraction: share of train moved to test when there is no test split.
         split_seed: seed of those splits (fixed, so the splits never change between runs).
-        train_dev_fraction: share of each training class held out as `train_dev`: same distribution as train,
-            never trained on; the diagnosis compares it with val to tell over-fitting from data mismatch.
-        augment: random resized crop + horizontal flip on the training split.
-        predict_root: folder of images to predict (any layout); None predicts the test split.
+        train_dev_fraction: share of train held out as `train_dev`: same distribution as train, never trained on;
+            the diagnosis compares it with val to tell over-fitting from data mismatch.
+        augment: random resized crop + horizontal flip on the training images.
+        predict_path: what `predict` reads: a CSV with the input columns, or (image classification) a folder of
+            images in any layout; None predicts the test split.
     """
 
     def __init__(
         self,
         root: str = "data/toy",
+        task: str = "multiclass",
         backbone: str = "resnet18",
         image_size: int | None = None,
+        image_column: str | None = None,
+        mask_column: str = "mask",
+        numeric_columns: list[str] | None = None,
+        categorical_columns: list[str] | None = None,
+        sequence_column: str | None = None,
+        sequence_kind: str = "tokens",
+        max_length: int = 64,
+        target_columns: list[str] | None = None,
+        classes: list[str] | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
         val_fraction: float = 0.2,
@@ -80,7 +127,7 @@ class DataModule(pl.LightningDataModule):
         split_seed: int = 0,
         train_dev_fraction: float = 0.0,
         augment: bool = True,
-        predict_root: str | None = None,
+        predict_path: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -90,46 +137,153 @@ class DataModule(pl.LightningDataModule):
                 f"data.root={root!r} does not exist (relative to {Path.cwd()}); "
                 f"write the toy dataset with `python -m {PACKAGE} toy-data` or point data.root at your data"
             )
-        # Scanned here, not in setup(), so the number of classes is known when the model is built.
-        self.class_names = class_folders(self.root / "train")
+        self.target_columns = list(target_columns or ["target"])
+        self.folder_layout = not (self.root / "train.csv").is_file()
+        if self.folder_layout and not (self.root / "train").is_dir():
+            raise DataError(f"{self.root} has neither train.csv (a manifest) nor train/ (class folders)")
+        if self.folder_layout and task not in CLASSIFICATION:
+            raise DataError(f"class folders hold multiclass or binary labels; a {task} task reads {self.root}/train.csv")
+        # Everything is read here, not in setup(), so the model can be built from what the data holds.
+        self.inputs: dict[str, Reader] = self._input_readers()
+        self.target_reader = self._target_reader()
+        self.splits = self._read_splits()  # fits a class target on all of train.csv first: stratifying needs labels
+        for reader in self.inputs.values():
+            reader.fit(self.splits["train"])
+        if self.target_reader and not self._label:
+            self.target_reader.fit(self.splits["train"])  # e.g. regression target statistics, from train only
+        for rows in self.splits.values():
+            for reader in self._readers():
+                reader.check(rows)
+        target_spec = self.target_reader.spec if self.target_reader else {"class_names": self._mask_class_names()}
+        self.class_names: list[str] = target_spec["class_names"]
         self.num_classes = len(self.class_names)
-        self.splits = self._find_splits()
+        self.target_stats: dict[str, list[float]] | None = target_spec.get("target_stats")
+        self.input_specs: dict[str, dict[str, Any]] = {name: reader.spec for name, reader in self.inputs.items()}
         self.fingerprint = self._fingerprint()
-        self.data_config = ImageDataConfig.for_backbone(backbone, image_size)
         self.num_workers = default_num_workers() if num_workers is None else num_workers
 
-    def _find_splits(self) -> dict[str, Samples]:
-        train = scan_split(self.root / "train", self.class_names)
-        splits = {}
-        for name, fraction in (("test", self.hparams.test_fraction), ("val", self.hparams.val_fraction)):
-            if (self.root / name).is_dir():
-                splits[name] = scan_split(self.root / name, self.class_names)
-            else:
-                train, splits[name] = stratified_split(train, fraction, self.hparams.split_seed)
-                if not splits[name]:
-                    raise DataError(f"no {self.root / name} folder and data.{name}_fraction=0: nothing to {name} on")
+    # --- readers ---------------------------------------------------------------------------------------------
+    def _input_readers(self) -> dict[str, Reader]:
+        # Imported here: the project keeps only the modules of its own inputs.
+        hp = self.hparams
+        readers: dict[str, Reader] = {}
+        if self.folder_layout or hp.image_column:
+            from .image import ImageDataConfig, ImageReader
+
+            self.data_config = ImageDataConfig.for_backbone(hp.backbone, hp.image_size)
+            mask = hp.mask_column if hp.task == "segmentation" else None
+            readers["image"] = ImageReader(self.data_config, hp.image_column or "image", mask, hp.augment)
+        if hp.numeric_columns or hp.categorical_columns:
+            from .tabular import TabularReader
+
+            readers["tabular"] = TabularReader(list(hp.numeric_columns or []), list(hp.categorical_columns or []))
+        if hp.sequence_column:
+            from .sequence import SequenceReader
+
+            readers["sequence"] = SequenceReader(hp.sequence_column, hp.sequence_kind, hp.max_length)
+        if not readers:
+            raise DataError(
+                "no input configured: set data.image_column, data.numeric_columns / data.categorical_columns "
+                "or data.sequence_column"
+            )
+        return readers
+
+    def _target_reader(self) -> Reader | None:
+        from .targets import ClassTarget, MultilabelTarget, RegressionTarget
+
+        task, column, classes = self.hparams.task, self.target_columns[0], self.hparams.classes
+        if task in CLASSIFICATION:
+            return ClassTarget(column, classes, binary=task == "binary")
+        if task == "multilabel":
+            return MultilabelTarget(column, classes)
+        if task == "regression":
+            return RegressionTarget(self.target_columns)
+        if task == "segmentation":
+            if "image" not in self.inputs:
+                raise DataError("segmentation needs images: set data.image_column (and data.mask_column)")
+            return None  # the image reader reads each mask with its image
+        raise DataError(f"data.task={task!r} is not a task type (multiclass, binary, multilabel, regression, segmentation)")
+
+    def _readers(self) -> list[Reader]:
+        return [*self.inputs.values(), *([self.target_reader] if self.target_reader else [])]
+
+    def _mask_class_names(self) -> list[str]:
+        """Segmentation classes: data.classes, else class_0.. up to the largest value in the train masks."""
+        if self.hparams.classes:
+            return [str(name) for name in self.hparams.classes]
+        from .image import load_mask
+
+        column = self.hparams.mask_column
+        largest = max(max(load_mask(row.path(column)).getextrema()) for row in self.splits["train"])
+        return [f"class_{i}" for i in range(max(2, int(largest) + 1))]
+
+    # --- splits ----------------------------------------------------------------------------------------------
+    def _read_split(self, name: str) -> list[Row] | None:
+        if self.folder_layout:
+            from .image import class_folders, scan_class_folders
+
+            folder = self.root / name
+            if not folder.is_dir():
+                return None
+            if name != "train":
+                class_folders(folder)  # a split folder without class folders is an error, not an empty split
+            return scan_class_folders(folder, self.root)
+        path = self.root / f"{name}.csv"
+        return read_csv(path, self._required_columns(), self.root) if path.is_file() else None
+
+    def _required_columns(self) -> list[str]:
+        hp = self.hparams
+        columns = [hp.image_column, hp.sequence_column, *(hp.numeric_columns or []), *(hp.categorical_columns or [])]
+        columns += [hp.mask_column] if hp.task == "segmentation" else self.target_columns
+        return [column for column in columns if column]
+
+    def _read_splits(self) -> dict[str, list[Row]]:
+        train = self._read_split("train")
+        label = self._label
+        if label:
+            self.target_reader.fit(train)  # class names from the whole train file, before val/test are carved out
+        splits: dict[str, list[Row]] = {}
+        for name in ("test", "val"):
+            rows = self._read_split(name)
+            if rows is None:
+                fraction = getattr(self.hparams, f"{name}_fraction")
+                train, rows = split_off(train, fraction, self.hparams.split_seed, label)
+                if not rows:
+                    raise DataError(f"no {name} split in {self.root} and data.{name}_fraction=0: nothing to {name} on")
+            splits[name] = rows
         if self.hparams.train_dev_fraction > 0:
-            fraction = self.hparams.train_dev_fraction
-            train, splits["train_dev"] = stratified_split(train, fraction, self.hparams.split_seed)
-        # A seeded shuffle (the order is still the same every run): unshuffled views of train, like
-        # `overfit_batches` or a first batch for sanity checks, then see every class, not just the first one.
+            train, splits["train_dev"] = split_off(train, self.hparams.train_dev_fraction, self.hparams.split_seed, label)
+        if not train:
+            raise DataError(f"the train split of {self.root} is empty after carving out val/test")
+        # A seeded shuffle (the same order every run): unshuffled views of train, like `overfit_batches` or the
+        # sanity checks' first batch, then see every class, not just the first one.
         random.Random(self.hparams.split_seed).shuffle(train)
         splits["train"] = train
         return splits
 
+    @property
+    def _label(self) -> Callable[[Row], int] | None:
+        """Row -> class index for classification targets (stratified splits, label statistics), else None."""
+        return getattr(self.target_reader, "label", None)
+
+    def labels(self, split: str) -> list[int] | None:
+        """Class index of every row of a split (multiclass and binary), else None."""
+        return [self._label(row) for row in self.splits[split]] if self._label else None
+
     def _fingerprint(self) -> str:
-        """Identity of the data (split membership, names and sizes), stored in checkpoints."""
+        """Identity of the data (split membership and every cell), stored in checkpoints."""
         digest = hashlib.sha256()
         for split in sorted(self.splits):
-            for path, label in self.splits[split]:
-                digest.update(f"{split}:{path.relative_to(self.root)}:{label}:{path.stat().st_size}\n".encode())
+            for row in self.splits[split]:
+                digest.update(f"{split}:{row.id}:{json.dumps(row.values, sort_keys=True)}\n".encode())
         return digest.hexdigest()[:16]
 
-    def dataset(self, split: str) -> ImageDataset:
-        transform = self.data_config.transform(train=split == "train", augment=self.hparams.augment)
-        return ImageDataset(self.splits[split], transform)
+    # --- datasets and loaders --------------------------------------------------------------------------------
+    def dataset(self, split: str, train: bool | None = None) -> RowDataset:
+        """A split as a dataset; `train` (default: split == "train") switches augmentation on."""
+        return RowDataset(self.splits[split], self._readers(), split == "train" if train is None else train)
 
-    def _loader(self, dataset: ImageDataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
@@ -152,13 +306,25 @@ class DataModule(pl.LightningDataModule):
         return self._loader(self.dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_root is None:
+        if self.hparams.predict_path is None:
             return self.test_dataloader()
-        folder = Path(self.hparams.predict_root)
-        if not folder.is_dir():
-            raise DataError(f"data.predict_root={str(folder)!r} does not exist")
-        images = list_images(folder)
-        if not images:
-            raise DataError(f"data.predict_root={str(folder)!r} holds no images")
-        dataset = ImageDataset([(path, UNLABELLED) for path in images], self.data_config.transform(train=False))
-        return self._loader(dataset)
+        return self._loader(RowDataset(self._predict_rows(Path(self.hparams.predict_path)), list(self.inputs.values())))
+
+    def _predict_rows(self, path: Path) -> list[Row]:
+        """Rows to predict: a CSV with the input columns (no target needed), or a folder of images."""
+        if path.is_file():
+            hp = self.hparams
+            required = [hp.image_column, hp.sequence_column, *(hp.numeric_columns or []), *(hp.categorical_columns or [])]
+            rows = read_csv(path, [column for column in required if column], self.root)
+        elif path.is_dir() and self.folder_layout:
+            from .image import list_images
+
+            rows = [Row({"image": str(image)}, image, 0, self.root) for image in list_images(path)]
+            if not rows:
+                raise DataError(f"data.predict_path={str(path)!r} holds no images")
+        else:
+            raise DataError(f"data.predict_path={str(path)!r} is not a CSV file or (class-folder data) an image folder")
+        for reader in self.inputs.values():
+            reader.check(rows)
+        return rows
+

@@ -1,25 +1,28 @@
-"""Image folders on disk -> samples -> tensors.
+"""Images on disk -> tensors: the backbone's input config, transforms, class folders and the image reader.
 
-Layout: `<root>/<split>/<class>/<file>`. Labels come from the folder a file sits in, so an image and its
-label are paired by construction (never by zipping two separately sorted lists).
+Two layouts: class folders `<root>/<split>/<class>/<file>` (classification; a label comes from the folder its
+file sits in, so image and label are paired by construction), or a manifest CSV whose `data.image_column`
+names each image (and `data.mask_column` its segmentation mask).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy
 import timm
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from ..errors import DataError
+from .table import Row
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-UNLABELLED = -1
 
 
 @dataclass(frozen=True)
@@ -79,20 +82,15 @@ def class_folders(split_dir: Path) -> list[str]:
     return names
 
 
-def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
-    """(path, label) pairs of one split, sorted by class then file name."""
-    index = {name: i for i, name in enumerate(class_names)}
-    samples = []
+def scan_class_folders(split_dir: Path, root: Path) -> list[Row]:
+    """One row per image of a split folder, {"image": file, "target": class folder}, sorted by class then file."""
+    rows = []
     for name in class_folders(split_dir):
-        if name not in index:
-            raise DataError(
-                f"{split_dir / name} is a class the training split does not have ({', '.join(class_names)})"
-            )
         images = list_images(split_dir / name)
         if not images:
             raise DataError(f"class folder {split_dir / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        samples.extend((path, index[name]) for path in images)
-    return samples
+        rows.extend(Row({"image": str(path), "target": name}, path, 0, root) for path in images)
+    return rows
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -103,17 +101,68 @@ def load_rgb(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {error}") from None
 
 
-class ImageDataset(Dataset):
-    """Samples as batch-contract dicts: {"image": [3, H, W] float32, "target": int64, "path": str}."""
+def load_mask(path: Path) -> Image.Image:
+    """A segmentation mask: one channel, the pixel value is the class index."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(f"mask {path} has mode {mask.mode}; expected one channel of class indices (L or P)")
+            return mask.copy() if mask.mode in ("L", "P") else mask.convert("I")
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"cannot read mask {path}: {error}") from None
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: T.Compose):
-        self.samples = samples
-        self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.samples)
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
 
-    def __getitem__(self, i: int) -> dict:
-        path, target = self.samples[i]
-        image = self.transform(load_rgb(path))
-        return {"image": image, "target": torch.tensor(target, dtype=torch.long), "path": str(path)}
+
+class ImageReader:
+    """A row's image (and, for segmentation, its mask) -> {"image": [3, H, W] float32 (, "target": [H, W] int64)}.
+
+    Image and mask go through one transform call, so a random crop or flip moves both the same way (torchvision
+    resizes masks with nearest-neighbour interpolation and leaves their values unnormalized).
+    """
+
+    def __init__(self, config: ImageDataConfig, column: str = "image", mask_column: str | None = None, augment=True):
+        self.config = config
+        self.column = column
+        self.mask_column = mask_column
+        self.augment = augment
+        self.transforms = {train: config.transform(train=train, augment=augment) for train in (True, False)}
+
+    def fit(self, rows: list[Row]) -> None:
+        """Nothing to learn: normalization comes from the backbone's pretrained config."""
+
+    def check(self, rows: list[Row]) -> None:
+        for row in rows:
+            image = row.path(self.column)
+            if not image.is_file():
+                raise DataError(f"{row.where(self.column)}: image file {image} does not exist")
+            if self.mask_column:
+                mask = row.path(self.mask_column)
+                if not mask.is_file():
+                    raise DataError(f"{row.where(self.mask_column)}: mask file {mask} does not exist")
+                image_size, mask_size = image_size_of(image), image_size_of(mask)
+                if image_size != mask_size:
+                    raise DataError(
+                        f"{row.where(self.mask_column)}: mask {mask} is {mask_size[0]}x{mask_size[1]} but its image "
+                        f"{image} is {image_size[0]}x{image_size[1]}; a mask must have its image's size"
+                    )
+
+    def read(self, row: Row, train: bool) -> dict[str, Any]:
+        image = load_rgb(row.path(self.column))
+        transform = self.transforms[train]
+        if not self.mask_column:
+            return {"image": transform(image)}
+        mask = tv_tensors.Mask(torch.from_numpy(numpy.array(load_mask(row.path(self.mask_column)), dtype=numpy.int64)))
+        image, mask = transform(image, mask)
+        return {"image": image, "target": mask.as_subclass(torch.Tensor)}
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"image_size": self.config.image_size}

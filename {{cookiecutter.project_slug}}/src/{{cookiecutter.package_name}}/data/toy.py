@@ -1,103 +1,343 @@
-"""Write a small, learnable image dataset in the same on-disk layout a user brings.
+"""Write a small, learnable dataset in the same on-disk format a user brings, for every task and input.
 
-    <root>/<split>/<class>/<index>.png      split in {train, val, test}
+Image classification from images alone (multiclass, binary) uses class folders:
+    <root>/<split>/<class>/<index>.png                                  split in {train, val, test}
+Everything else writes one manifest CSV per split, <root>/<split>.csv, with the columns the data config expects
+by default (`COLUMNS`, `TARGET_COLUMNS`):
+    image       images/<split>/<index>.png                               image input
+    mask        masks/<split>/<index>.png: L-mode, pixel = class index    segmentation (0 = background)
+    x0 .. x3    numbers: x0 informative; x1..x3 noise at other scales with ~8% empty cells each       tabular
+    colour      red | green | blue | yellow                                                           tabular
+    sequence    a short sentence of filler words and a keyword                                        sequence
+    target      class name (multiclass, binary) | "0 1 0 1" (multilabel) | number (regression)
+    target_2    a second number (regression)
 
-Each image is one procedurally drawn shape (the class) at a random position, size, rotation and colour on a
-noisy background, so a model has to learn shape rather than colour or position. Everything is drawn from one
-seeded generator: the same seed writes byte-identical files.
+How the signal is planted: every sample draws one latent per input, and each input shows only its own latent:
+    image       which shape is drawn (regression: its size; target_2: which shape)
+    tabular     which bin of x0 in [-2, 2], counted from the other end for warm colours (red, yellow)
+                (regression: x0 itself; target_2: the colour)
+    sequence    which keyword the sentence holds (regression: an intensity word; target_2: the sentence length)
+With one input the target is that latent (a class, the labels present, a value), learnable to near-perfect
+accuracy. With several, it needs all of them: multiclass and binary take (sum of latents) mod C, multilabel the
+union of every input's labels, regression the sum of every input's contribution, segmentation the shape's class
+shifted by the other inputs' latents. A model that sees one input stays near chance, so fusion has to work.
+Each split has its own seeded generator: the same seed writes byte-identical files.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import csv
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter
+from ..answers import MODALITIES, TASK_TYPE
+from .toy_shapes import CLASSES, SHAPES, draw_scene, draw_shape
 
-CLASSES = ("circle", "cross", "square", "star", "triangle")
-SPLIT_SIZES = {"train": 160, "val": 40, "test": 40}  # images per class
+TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
+INPUTS = ("image", "tabular", "sequence")  # modality names, in column order
+SPLITS = ("train", "val", "test")
+DEFAULT_SIZES = {"train": 800, "val": 200, "test": 200}  # samples per split (class folders: split over the classes)
+
+IMAGE_COLUMN = "image"
+MASK_COLUMN = "mask"
+NUMERIC_COLUMNS = ("x0", "x1", "x2", "x3")
+CATEGORICAL_COLUMNS = ("colour",)
+SEQUENCE_COLUMN = "sequence"
+TARGET_COLUMNS = {
+    "multiclass": ("target",),
+    "binary": ("target",),
+    "multilabel": ("target",),
+    "regression": ("target", "target_2"),
+    "segmentation": (),  # the mask column is the target
+}
+COLUMNS = {  # data config key -> the toy data's column name(s), which are the config defaults
+    "image_column": IMAGE_COLUMN,
+    "mask_column": MASK_COLUMN,
+    "numeric_columns": list(NUMERIC_COLUMNS),
+    "categorical_columns": list(CATEGORICAL_COLUMNS),
+    "sequence_column": SEQUENCE_COLUMN,
+}
+
+COLOURS = ("red", "green", "blue", "yellow")
+WARM = ("red", "yellow")
+KEYWORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "candle", "rocket")
+INTENSITIES = ("barely", "slightly", "somewhat", "fairly", "quite", "very", "extremely")  # regression, in order
+FILLER = (
+    "the", "a", "small", "old", "quiet", "bright", "morning", "house", "road", "near", "under", "after",
+    "before", "with", "some", "many", "people", "walked", "saw", "found", "today", "again", "slowly", "later",
+)  # fmt: skip
+NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
+MISSING_RATE = 0.08  # per noise column: ~5% of all tabular cells are empty
+PNG = {"compress_level": 1}  # noisy images hardly compress: save time, not bytes
 
 
-def _polygon(cx: float, cy: float, radius: float, angle: float, vertices: int, inner: float = 1.0) -> list:
-    """Corners of a regular polygon (inner < 1 alternates radii, which draws a star)."""
-    points = []
-    steps = vertices * (2 if inner < 1.0 else 1)
-    for i in range(steps):
-        r = radius * (inner if i % 2 else 1.0) if inner < 1.0 else radius
-        a = angle + 2 * math.pi * i / steps
-        points.append((cx + r * math.cos(a), cy + r * math.sin(a)))
-    return points
+def uses_class_folders(task: str, modalities: tuple[str, ...]) -> bool:
+    """Image classification from images alone keeps the class-folder layout; everything else writes CSVs."""
+    return task in ("multiclass", "binary") and tuple(modalities) == ("image",)
 
 
-def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
-    """One RGB image of `shape`, with random placement, colour and background noise."""
-    background = tuple(rng.randint(0, 110) for _ in range(3))
-    colour = tuple(rng.randint(140, 255) for _ in range(3))
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.22, 0.36) * size
-    cx = rng.uniform(radius, size - radius)
-    cy = rng.uniform(radius, size - radius)
-    angle = rng.uniform(0, 2 * math.pi)
-    if shape == "circle":
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
-    elif shape == "square":
-        draw.polygon(_polygon(cx, cy, radius, angle, 4), fill=colour)
-    elif shape == "triangle":
-        draw.polygon(_polygon(cx, cy, radius, angle, 3), fill=colour)
-    elif shape == "star":
-        draw.polygon(_polygon(cx, cy, radius, angle, 5, inner=0.45), fill=colour)
-    elif shape == "cross":
-        width = max(2, int(radius * 0.45))
-        for a in (angle, angle + math.pi / 2):
-            dx, dy = radius * math.cos(a), radius * math.sin(a)
-            draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=colour, width=width)
+def default_classes(task: str, modalities: tuple[str, ...]) -> tuple[str, ...]:
+    """Class (or label) names: shapes where the image alone decides the target, neutral names otherwise."""
+    shapes_only = tuple(modalities) == ("image",)
+    if task == "segmentation":
+        return ("background", "circle", "square", "triangle")
+    if task == "binary":
+        return ("circle", "square") if shapes_only else ("negative", "positive")
+    if task == "multiclass":
+        return CLASSES if shapes_only else NAMES[:4]
+    if task == "multilabel":
+        return SHAPES[:4] if shapes_only else NAMES[:4]
+    return ()  # regression: the outputs are TARGET_COLUMNS["regression"]
+
+
+def columns(task: str, modalities: tuple[str, ...]) -> list[str]:
+    """The header of the toy CSVs for `task` and `modalities`."""
+    names = [IMAGE_COLUMN] if "image" in modalities else []
+    names += [MASK_COLUMN] if task == "segmentation" else []
+    names += [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS] if "tabular" in modalities else []
+    names += [SEQUENCE_COLUMN] if "sequence" in modalities else []
+    return names + list(TARGET_COLUMNS[task])
+
+
+def describe(task: str, modalities: tuple[str, ...], classes: tuple[str, ...] | None = None) -> str:
+    """One line: the layout, columns and targets the toy data has for these answers."""
+    classes = classes or default_classes(task, modalities)
+    head = f"{task} from {'+'.join(modalities)}"
+    if uses_class_folders(task, modalities):
+        return f"{head}: class folders <split>/<class>/<index>.png, {len(classes)} classes ({', '.join(classes)})"
+    if task == "multiclass":
+        targets = f"target = class name ({', '.join(classes)})"
+    elif task == "binary":
+        targets = f"target = {' | '.join(classes)} (positive: {classes[-1]})"
+    elif task == "multilabel":
+        targets = f"target = {len(classes)} labels as 0/1 ('0 1 0 1': {', '.join(classes)})"
+    elif task == "regression":
+        targets = "target, target_2 = numbers"
     else:
-        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(CLASSES)}")
-    noise = Image.effect_noise((size, size), rng.uniform(10, 30)).convert("RGB")
-    return Image.blend(image, noise, 0.15).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.6)))
+        targets = f"mask = class index per pixel ({', '.join(f'{i} {c}' for i, c in enumerate(classes))})"
+    files = " + images/<split>/" if "image" in modalities else ""
+    files += " + masks/<split>/" if task == "segmentation" else ""
+    return f"{head}: <split>.csv{files} with columns {', '.join(columns(task, modalities))}; {targets}"
+
+
+def tabular_latent(x0: float, colour: str, k: int) -> int:
+    """The latent a tabular row shows (of `k`): the bin of x0, counted from the other end for warm colours."""
+    position = min(k - 1, max(0, int((x0 + 2) / 4 * k)))
+    return k - 1 - position if colour in WARM else position
+
+
+def sequence_latent(sentence: str, k: int) -> int:
+    """The latent a sentence shows (of `k`): its (first) keyword."""
+    return next(KEYWORDS.index(word) for word in sentence.split() if word in KEYWORDS[:k])
+
+
+def _sentence(keywords: list[str], rng: random.Random, length: int | None = None) -> str:
+    """Filler words with `keywords` at random places, `length` words in all (6 to 12 when None)."""
+    length = length or rng.randint(6, 12)
+    words = [rng.choice(FILLER) for _ in range(length - len(keywords))]
+    for keyword in keywords:
+        words.insert(rng.randint(0, len(words)), keyword)
+    return " ".join(words)
+
+
+def _tabular(x0: float, colour: str, rng: random.Random) -> dict[str, str]:
+    """x0 and colour as given, plus noise columns at different scales with some empty cells."""
+    cells = {"x0": f"{x0:.4f}", "colour": colour}
+    noise = (rng.gauss(0, 1), rng.gauss(50, 10), rng.uniform(0, 1000))
+    for name, value in zip(NUMERIC_COLUMNS[1:], noise, strict=True):
+        cells[name] = "" if rng.random() < MISSING_RATE else f"{value:.4f}"
+    return cells
+
+
+@dataclass(frozen=True)
+class _Toy:
+    """Draws the rows of one dataset: latents, then what each input shows, then the target."""
+
+    root: Path
+    task: str
+    modalities: tuple[str, ...]
+    classes: tuple[str, ...]
+    image_size: int
+
+    @property
+    def k(self) -> int:
+        """How many values each input's latent takes (classification and segmentation)."""
+        return len(self.classes) - (self.task == "segmentation")
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """Latent index -> drawn shape: the class names when they are shapes."""
+        names = self.classes[1:] if self.task == "segmentation" else self.classes
+        return names if set(names) <= set(CLASSES) else SHAPES
+
+    def row(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        return self._regression(split, index, rng) if self.task == "regression" else self._discrete(split, index, rng)
+
+    def _discrete(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        latents = {}  # modality -> the latent values it shows (an image or sentence may show two)
+        for modality in self.modalities:
+            several = (self.task == "multilabel" and modality != "tabular") or (
+                self.task == "segmentation" and modality == "image"
+            )
+            latents[modality] = rng.sample(range(self.k), rng.randint(1, 2) if several else 1)
+        row, mask_values = {}, None
+        if self.task in ("multiclass", "binary"):
+            row["target"] = self.classes[sum(z[0] for z in latents.values()) % self.k]
+        elif self.task == "multilabel":
+            present = set().union(*latents.values())
+            row["target"] = " ".join("1" if label in present else "0" for label in range(self.k))
+        else:  # segmentation: each shape's class, shifted by the other inputs' latents
+            shift = sum(z[0] for modality, z in latents.items() if modality != "image")
+            mask_values = [1 + (z + shift) % self.k for z in latents["image"]]
+        if "image" in latents:
+            row |= self._image(split, index, [self.shapes[z] for z in latents["image"]], rng, mask_values=mask_values)
+        if "tabular" in latents:
+            colour = rng.choice(COLOURS)
+            z = latents["tabular"][0]
+            position = self.k - 1 - z if colour in WARM else z
+            row |= _tabular(-2 + 4 * (position + rng.uniform(0.1, 0.9)) / self.k, colour, rng)
+        if "sequence" in latents:
+            row[SEQUENCE_COLUMN] = _sentence([KEYWORDS[z] for z in latents["sequence"]], rng)
+        return row
+
+    def _regression(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        row, first, second = {}, 0.0, 0.0  # every input adds to both targets: 4 * u (in [0, 4]), 3 * v (in [0, 3])
+        if "image" in self.modalities:
+            u, shape = rng.random(), rng.randrange(4)
+            row |= self._image(split, index, [SHAPES[shape]], rng, radii=[0.12 + 0.26 * u])
+            first, second = first + 4 * u, second + shape
+        if "tabular" in self.modalities:
+            u, colour = rng.random(), rng.randrange(len(COLOURS))
+            row |= _tabular(4 * u - 2, COLOURS[colour], rng)
+            first, second = first + 4 * u, second + colour
+        if "sequence" in self.modalities:
+            intensity, length = rng.randrange(len(INTENSITIES)), rng.randint(6, 12)
+            row[SEQUENCE_COLUMN] = _sentence([INTENSITIES[intensity]], rng, length)
+            first, second = first + 4 * intensity / (len(INTENSITIES) - 1), second + (length - 6) / 2
+        row["target"] = f"{first + rng.gauss(0, 0.1):.4f}"
+        row["target_2"] = f"{second + rng.gauss(0, 0.1):.4f}"
+        return row
+
+    def _image(self, split: str, index: int, shapes: list[str], rng: random.Random, **scene) -> dict[str, str]:
+        image, mask = draw_scene(shapes, self.image_size, rng, **scene)
+        cells = {}
+        for column, folder, picture in ((IMAGE_COLUMN, "images", image), (MASK_COLUMN, "masks", mask)):
+            if picture is not None:
+                path = Path(folder, split, f"{index:04d}.png")
+                picture.save(self.root / path, **PNG)
+                cells[column] = path.as_posix()
+        return cells
+
+
+def _validate(task: str, modalities: tuple[str, ...], classes: tuple[str, ...] | None) -> tuple:
+    """The modalities in column order and the class names; ValueError naming what is wrong."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    unknown = [m for m in modalities if m not in INPUTS]
+    if unknown or not modalities or len(set(modalities)) != len(modalities):
+        raise ValueError(f"modality {'+'.join(modalities)!r}: expected {', '.join(INPUTS)} joined by '+', each once")
+    modalities = tuple(m for m in INPUTS if m in modalities)
+    if task == "segmentation" and "image" not in modalities:
+        raise ValueError("segmentation needs the image input")
+    classes = tuple(classes or default_classes(task, modalities))
+    if task == "regression":
+        return modalities, ()
+    if len(classes) < 2 or (task == "binary" and len(classes) != 2):
+        raise ValueError(f"{task} needs {'exactly' if task == 'binary' else 'at least'} 2 classes, got {classes}")
+    shapes = classes[1:] if task == "segmentation" else classes
+    if (uses_class_folders(task, modalities) or task == "segmentation") and not set(shapes) <= set(CLASSES):
+        raise ValueError(f"classes drawn as shapes must be among {', '.join(CLASSES)}; got {', '.join(shapes)}")
+    limit = min(len(SHAPES) if "image" in modalities else len(KEYWORDS), len(KEYWORDS))
+    if len(shapes) > limit:
+        raise ValueError(f"the toy data draws at most {limit} classes for {'+'.join(modalities)}, got {len(shapes)}")
+    return modalities, classes
 
 
 def write_toy_dataset(
     root: str | Path,
-    size: int = 64,
-    per_class: dict[str, int] | None = None,
-    classes: tuple[str, ...] = CLASSES,
+    task: str = TASK_TYPE,
+    modalities: tuple[str, ...] = MODALITIES,
+    *,
+    sizes: dict[str, int] | None = None,
+    image_size: int = 64,
+    classes: tuple[str, ...] | None = None,
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Write the dataset under `root` and return it. Refuses to touch a non-empty folder unless `overwrite`."""
+    """Write the toy dataset for `task` and `modalities` under `root` and return it.
+
+    `sizes` maps split -> samples (default `DEFAULT_SIZES`); in the class-folder layout it is images PER CLASS
+    (default: `DEFAULT_SIZES` spread over the classes). `classes` overrides `default_classes` (unused for
+    regression). Refuses a non-empty `root` (FileExistsError) unless `overwrite`.
+    """
+    modalities, classes = _validate(task, tuple(modalities), classes)
+    folders = uses_class_folders(task, modalities)
+    if sizes is None:
+        sizes = {split: n // len(classes) if folders else n for split, n in DEFAULT_SIZES.items()}
+    if not set(sizes) <= set(SPLITS):
+        raise ValueError(f"sizes: splits must be among {', '.join(SPLITS)}, got {', '.join(sizes)}")
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{root} already exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(root)
-    per_class = per_class or SPLIT_SIZES
-    rng = random.Random(seed)
-    for split, count in per_class.items():
-        for shape in classes:
-            folder = root / split / shape
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                draw_shape(shape, size, rng).save(folder / f"{index:04d}.png")
+    root.mkdir(parents=True, exist_ok=True)
+    toy = _Toy(root, task, modalities, classes, image_size)
+    for split, count in sizes.items():
+        rng = random.Random(f"{seed}/{split}")  # one generator per split: resizing one split leaves the others
+        if folders:
+            for shape in classes:
+                (root / split / shape).mkdir(parents=True, exist_ok=True)
+                for index in range(count):
+                    draw_shape(shape, image_size, rng).save(root / split / shape / f"{index:04d}.png", **PNG)
+            continue
+        header = columns(task, modalities)
+        for column, folder in ((IMAGE_COLUMN, "images"), (MASK_COLUMN, "masks")):
+            if column in header:
+                (root / folder / split).mkdir(parents=True, exist_ok=True)
+        with (root / f"{split}.csv").open("w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=header, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(toy.row(split, index, rng) for index in range(count))
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="toy-data", description="Write the toy image dataset (<root>/<split>/<class>/<file>.png)."
+        prog="toy-data",
+        description="Write a small learnable dataset in the on-disk format this project reads "
+        f"(default: {describe(TASK_TYPE, MODALITIES)}).",
     )
     parser.add_argument("--root", default="data/toy", help="output folder (default: data/toy)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    parser.add_argument("--task", choices=TASKS, default=TASK_TYPE, help=f"task type (default: {TASK_TYPE})")
+    default_modality = "+".join(MODALITIES)
+    parser.add_argument("--modality", default=default_modality, help=f"inputs, e.g. image+tabular ({default_modality})")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     args = parser.parse_args(argv)
+    modalities = tuple(args.modality.split("+"))
     try:
-        root = write_toy_dataset(args.root, size=args.size, seed=args.seed, overwrite=args.overwrite)
+        root = write_toy_dataset(
+            args.root, args.task, modalities, image_size=args.image_size, seed=args.seed, overwrite=args.overwrite
+        )
     except FileExistsError as error:
         parser.exit(2, f"toy-data: {error}\n")
-    counts = ", ".join(f"{split} {n * len(CLASSES)}" for split, n in SPLIT_SIZES.items())
-    print(f"Wrote {len(CLASSES)} classes ({', '.join(CLASSES)}) to {root}: {counts} images.")
+    except ValueError as error:
+        parser.error(str(error))
+    modalities = tuple(m for m in INPUTS if m in modalities)
+    unit = "images per split" if uses_class_folders(args.task, modalities) else "rows per split"
+    counts = ", ".join(f"{split} {_count(root, split)}" for split in SPLITS)
+    print(f"Wrote {describe(args.task, modalities)}")
+    print(f"  to {root} ({unit}: {counts})")
+
+
+def _count(root: Path, split: str) -> int:
+    """Samples written for a split: rows of its CSV, or images in its class folders."""
+    if (root / f"{split}.csv").exists():
+        with (root / f"{split}.csv").open(encoding="utf-8") as file:
+            return sum(1 for _ in file) - 1
+    return sum(1 for _ in (root / split).glob("*/*.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -32,12 +33,17 @@ def _weights_hint(backbone: str) -> str:
     )
 
 
-def create_backbone(backbone: str, pretrained: bool = False, pretrained_file: str | None = None) -> nn.Module:
+def create_backbone(
+    backbone: str, pretrained: bool = False, pretrained_file: str | None = None, **timm_kwargs: Any
+) -> nn.Module:
     """A timm model without its classifier (`num_classes=0`): forward gives pooled features [B, D].
 
     `pretrained_file` goes through timm's own loading (`pretrained_cfg_overlay=dict(file=...)`), so the
     classifier of the file is dropped and the first conv is adapted exactly as for hub weights.
+    `timm_kwargs` go to `timm.create_model` as well, e.g. `features_only=True, out_indices=(1, 2, 3, 4)` for a
+    feature pyramid (a list of [B, C_i, H/r_i, W/r_i] maps, see `model.feature_info`).
     """
+    kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
     if backbone not in timm.list_models() and backbone.split(".")[0] not in timm.list_models():
         raise PretrainedWeightsError(f"model.backbone={backbone!r} is not a timm model name (see timm.list_models())")
     if pretrained_file:
@@ -45,20 +51,18 @@ def create_backbone(backbone: str, pretrained: bool = False, pretrained_file: st
         if not path.is_file():
             raise PretrainedWeightsError(f"model.pretrained_file={pretrained_file!r} does not exist")
         try:
-            return timm.create_model(
-                backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
-            )
+            return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except (RuntimeError, KeyError, ValueError, OSError) as error:
             raise PretrainedWeightsError(
                 f"model.pretrained_file={pretrained_file!r} does not fit {backbone!r}: {error}"
             ) from error
     if not pretrained:
-        return timm.create_model(backbone, pretrained=False, num_classes=0)
+        return timm.create_model(backbone, pretrained=False, **kwargs)
     # The hub client retries for about a minute when the network is down; fail in seconds instead.
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "false", "") and not hub_reachable():
         raise PretrainedWeightsError(f"cannot reach {HUB_HOST} to download {backbone!r}: {_weights_hint(backbone)}")
     try:
-        return timm.create_model(backbone, pretrained=True, num_classes=0)
+        return timm.create_model(backbone, pretrained=True, **kwargs)
     except (OSError, RuntimeError) as error:
         raise PretrainedWeightsError(
             f"could not load pretrained weights for {backbone!r} ({error}); {_weights_hint(backbone)}"

@@ -1,0 +1,8 @@
+"""The template answers this project was rendered with (also in .cookiecutter.json).
+
+Defaults that depend on the answers read them from here: the toy data writer and the test helpers.
+"""
+
+TASK_TYPE = "{{ cookiecutter.task_type }}"
+MODALITIES: tuple[str, ...] = tuple("{{ cookiecutter.modality }}".split("+"))
+FUSION = "{{ cookiecutter.fusion }}"

@@ -1,0 +1,62 @@
+"""One class out of C: C logits, softmax, cross-entropy; accuracy and macro F1."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+class MulticlassTask:
+    monitor = "acc"
+    mode = "max"
+
+    def __init__(self, class_names: list[str], label_smoothing: float = 0.0):
+        if len(class_names) < 2:
+            raise ValueError(f"multiclass needs at least 2 classes, got {class_names}")
+        self.class_names = list(class_names)
+        self.num_outputs = self.num_classes = len(class_names)
+        self.label_smoothing = label_smoothing
+
+    @property
+    def chance_loss(self) -> float:
+        """Cross-entropy of a uniform prediction, what an untrained network should start near: ln C."""
+        return math.log(self.num_classes)
+
+    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, target, label_smoothing=self.label_smoothing)
+
+    def per_sample_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, target, label_smoothing=self.label_smoothing, reduction="none")
+
+    def metrics(self) -> MetricCollection:
+        # micro accuracy is the usual "fraction correct"; torchmetrics' default would be macro.
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(self.num_classes, average="micro"),
+                "f1": MulticlassF1Score(self.num_classes, average="macro"),
+            }
+        )
+
+    def metric_inputs(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return outputs, target
+
+    def error(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
+        """Fraction misclassified."""
+        return float((outputs.argmax(dim=-1) != target).float().mean())
+
+    def activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.softmax(dim=-1)
+
+    def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
+        """One CSV row per sample: predicted class, its probability, and every class's probability."""
+        confidence, index = activated.max(dim=-1)
+        rows = []
+        for probs, i, conf in zip(activated.tolist(), index.tolist(), confidence.tolist(), strict=True):
+            row: dict[str, object] = {"prediction": self.class_names[i], "confidence": round(conf, 6)}
+            row.update({f"prob_{name}": round(p, 6) for name, p in zip(self.class_names, probs, strict=True)})
+            rows.append(row)
+        return rows

@@ -1,0 +1,93 @@
+"""N numbers: N outputs in the standardized space of the targets, MSE or Huber loss; MAE, RMSE and R2.
+
+The data layer standardizes every target column with the TRAIN mean and std, so the loss weighs the outputs
+equally and an untrained network (outputs near 0) predicts the train mean. Metrics and predictions undo the
+scaling, so MAE, RMSE and R2 are in the target's own units (with several outputs, MAE and RMSE pool all of
+them, and R2 is the average over outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
+
+LOSSES = ("mse", "huber")
+
+
+class RegressionTask:
+    monitor = "rmse"
+    mode = "min"
+
+    def __init__(self, class_names: list[str], target_stats: dict[str, list[float]] | None = None, loss: str = "mse"):
+        if len(class_names) < 1:
+            raise ValueError("regression needs at least 1 target column, got none")
+        if loss not in LOSSES:
+            raise ValueError(f"regression loss={loss!r} is not one of {', '.join(LOSSES)}")
+        self.class_names = list(class_names)
+        self.num_outputs = len(class_names)
+        self.loss_name = loss
+        stats = target_stats or {"mean": [0.0] * self.num_outputs, "std": [1.0] * self.num_outputs}
+        for key in ("mean", "std"):
+            if len(stats.get(key) or []) != self.num_outputs:
+                raise ValueError(
+                    f"regression target_stats[{key!r}] needs {self.num_outputs} values (one per target: "
+                    f"{', '.join(self.class_names)}), got {stats.get(key)}"
+                )
+        if not all(s > 0 for s in stats["std"]):
+            raise ValueError(f"regression target_stats['std'] must be positive, got {stats['std']}")
+        self.mean = [float(m) for m in stats["mean"]]
+        self.std = [float(s) for s in stats["std"]]
+
+    @property
+    def chance_loss(self) -> float:
+        """Loss of predicting 0 (the train mean) for standardized targets: MSE 1.0; Huber about 0.5 (0.5 z^2)."""
+        return 1.0 if self.loss_name == "mse" else 0.5
+
+    def per_sample_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean over outputs, in standardized units."""
+        target = target.to(outputs.dtype).reshape(outputs.shape)
+        if self.loss_name == "huber":
+            losses = F.huber_loss(outputs, target, reduction="none", delta=1.0)
+        else:
+            losses = F.mse_loss(outputs, target, reduction="none")
+        return losses.mean(dim=1)
+
+    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.per_sample_loss(outputs, target).mean()
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {
+                "mae": MeanAbsoluteError(),
+                "rmse": MeanSquaredError(squared=False),
+                "r2": R2Score(multioutput="uniform_average"),
+            }
+        )
+
+    def _unstandardize(self, values: torch.Tensor) -> torch.Tensor:
+        std = torch.tensor(self.std, dtype=values.dtype, device=values.device)
+        mean = torch.tensor(self.mean, dtype=values.dtype, device=values.device)
+        return values * std + mean
+
+    def metric_inputs(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions and targets in target units; [B] for one output (what torchmetrics expects), else [B, N]."""
+        preds = self._unstandardize(outputs)
+        target = self._unstandardize(target.to(outputs.dtype).reshape(outputs.shape))
+        return (preds[:, 0], target[:, 0]) if self.num_outputs == 1 else (preds, target)
+
+    def error(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
+        """RMSE in standardized units, averaged over outputs: 0 is perfect, 1.0 is as good as predicting the
+        train mean (so above 1 the network does worse than that constant)."""
+        squared = (outputs - target.to(outputs.dtype).reshape(outputs.shape)) ** 2
+        return float(squared.mean(dim=0).sqrt().mean())
+
+    def activation(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self._unstandardize(outputs)
+
+    def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
+        """One CSV row per sample: every output in target units (7 significant digits, float32's precision)."""
+        return [
+            {f"pred_{name}": float(f"{v:.7g}") for name, v in zip(self.class_names, values, strict=True)}
+            for values in activated.tolist()
+        ]

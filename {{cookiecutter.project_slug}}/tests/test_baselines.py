@@ -1,0 +1,95 @@
+"""Baselines: the constant and linear models every task is compared with, and the `baseline` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli_args, project_datamodule
+from {{ cookiecutter.package_name }}.answers import TASK_TYPE
+from {{ cookiecutter.package_name }}.baselines import Features, constant_outputs
+from {{ cookiecutter.package_name }}.cli import main
+
+
+def test_features_of_every_input() -> None:
+    batch = {
+        "image": torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8),
+        "tabular": {"numeric": torch.tensor([[0.5, 0.0], [-1.0, 1.0]]), "categorical": torch.tensor([[2], [0]])},
+        "tokens": {"values": torch.tensor([[2, 2, 5, 0], [9, 1, 0, 0]]), "mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])},
+        "series": {"values": torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]])[..., None], "mask": torch.tensor([[1, 1, 0], [1, 0, 0]])},
+    }  # fmt: skip
+    for entry in ("tokens", "series"):
+        batch[entry]["mask"] = batch[entry]["mask"].bool()
+
+    image = Features({"image": {}}, feature_size=2)(batch)
+    assert image.shape == (2, 3 * 2 * 2)
+    assert image[0, 0] == batch["image"][0, 0, :4, :4].mean()  # the top-left 4x4 block of the first channel
+
+    tabular = Features({"tabular": {"numeric": 2, "categorical": [3]}})(batch)
+    assert tabular.tolist() == [[0.5, 0.0, 0.0, 0.0, 1.0], [-1.0, 1.0, 1.0, 0.0, 0.0]]  # numbers, one-hot category
+
+    batch["sequence"] = batch["tokens"]
+    # Vocabulary of 10 capped at 6 ids: id 9 counts as unknown (1); padding (0) is dropped.
+    tokens = Features({"sequence": {"kind": "tokens", "vocab_size": 10}}, max_tokens=6)(batch)
+    assert tokens.tolist() == [[0, 2, 0, 0, 1], [2, 0, 0, 0, 0]]
+
+    batch["sequence"] = batch["series"]
+    series = Features({"sequence": {"kind": "numeric", "channels": 1}})(batch)
+    # mean, std, min, max, last, length / max_length over the real steps only
+    assert series[0].tolist() == pytest.approx([2.0, 1.0, 1.0, 3.0, 3.0, 2 / 3])
+    assert series[1].tolist() == pytest.approx([2.0, 0.0, 2.0, 2.0, 2.0, 1 / 3])
+
+    both = Features({"image": {}, "tabular": {"numeric": 2, "categorical": [3]}}, feature_size=2)(batch)
+    assert both.shape == (2, 12 + 5)
+
+
+def test_constant_outputs_are_the_best_constant_of_each_task() -> None:
+    classes = constant_outputs("multiclass", torch.tensor([0, 2, 2, 2]), 3)
+    assert classes.argmax() == 2 and classes.exp().tolist() == pytest.approx([0.25, 1e-8, 0.75], abs=1e-6)
+    assert constant_outputs("binary", torch.tensor([1.0, 1.0, 0.0, 1.0]), 1).tolist() == pytest.approx([math.log(3)])
+    labels = constant_outputs("multilabel", torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), 2)
+    assert labels.sigmoid().tolist() == pytest.approx([0.75, 0.25])
+    means = constant_outputs("regression", torch.tensor([[1.0, -2.0], [-1.0, 4.0]]), 2)
+    assert means.tolist() == [0.0, 1.0]
+    pixels = constant_outputs("segmentation", torch.tensor([[[0, 1], [1, 1]]]), 2)
+    assert pixels.argmax() == 1
+
+
+def _majority_val_error(tiny_data: Path) -> float:
+    """The error of the best constant, computed here from the targets alone."""
+    data = project_datamodule(tiny_data)
+
+    def targets(split: str) -> torch.Tensor:
+        dataset = data.dataset(split, train=False)
+        return torch.stack([dataset[i]["target"] for i in range(len(dataset))])
+
+    train, val = targets("train"), targets("val")
+    if TASK_TYPE in ("multiclass", "binary", "segmentation"):
+        majority = torch.bincount(train.long().flatten()).argmax()
+        return (val.long() != majority).float().mean().item()
+    if TASK_TYPE == "multilabel":
+        return ((train.mean(0) > 0.5) != (val > 0.5)).float().mean().item()
+    # regression: predict the train mean (0 after standardizing); error = standardized RMSE per target, averaged
+    return (val - train.mean(0)).pow(2).mean(0).sqrt().mean().item()
+
+
+def test_baseline_command_scores_a_constant_and_a_linear_model(tiny_data: Path, tmp_path: Path) -> None:
+    cli = main(cli_args("baseline", tiny_data, tmp_path / "runs", "--steps", "30"))
+    result = json.loads((cli.run_dir / "baseline.json").read_text())
+    majority, linear = result["baselines"]["majority"], result["baselines"]["linear"]
+    assert set(majority) == set(linear) == {"train", "val", "test"}
+    monitor = cli.model.task.monitor
+    for scores in (*majority.values(), *linear.values()):
+        assert {"error", monitor, "loss"} <= set(scores) and all(math.isfinite(v) for v in scores.values())
+    assert majority["val"]["error"] == pytest.approx(_majority_val_error(tiny_data), abs=1e-5)
+    # The linear model holds every constant (its bias), and is fitted with the task's loss on train.
+    if TASK_TYPE != "segmentation":  # (segmentation: fitted on sampled pixels; scored per image with Dice)
+        assert linear["train"]["loss"] <= majority["train"]["loss"] + 1e-4
+    assert result["best"]["val_error"] == min(majority["val"]["error"], linear["val"]["error"])
+    markdown = (cli.run_dir / "baseline.md").read_text()
+    assert "| majority | val |" in markdown and "| linear | train |" in markdown
+    assert result["descriptions"]["majority"] in markdown

@@ -1,0 +1,142 @@
+"""The toy data writer: every task and input writes the documented layout, deterministically, and with several
+inputs the target needs all of them."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from {{ cookiecutter.package_name }}.data.toy import (
+    COLOURS,
+    INTENSITIES,
+    columns,
+    default_classes,
+    main,
+    sequence_latent,
+    tabular_latent,
+    uses_class_folders,
+    write_toy_dataset,
+)
+
+SIZES = {"train": 6, "val": 3, "test": 3}
+CASES = [
+    ("multiclass", ("image",)),
+    ("binary", ("image",)),
+    ("multiclass", ("tabular", "sequence")),
+    ("binary", ("image", "tabular")),
+    ("multilabel", ("image", "tabular", "sequence")),
+    ("multilabel", ("sequence",)),
+    ("regression", ("tabular",)),
+    ("regression", ("image", "sequence")),
+    ("segmentation", ("image",)),
+    ("segmentation", ("image", "tabular")),
+]
+
+
+def read(root: Path, split: str = "train") -> list[dict[str, str]]:
+    with (root / f"{split}.csv").open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+    assert rows and reader.fieldnames
+    return rows
+
+
+@pytest.mark.parametrize(("task", "modalities"), CASES, ids=[f"{t}-{'+'.join(m)}" for t, m in CASES])
+def test_layout_columns_and_determinism(task: str, modalities: tuple[str, ...], tmp_path: Path) -> None:
+    root = write_toy_dataset(tmp_path / "a", task, modalities, sizes=SIZES, image_size=16)
+    classes = default_classes(task, modalities)
+    if uses_class_folders(task, modalities):
+        for split, count in SIZES.items():
+            for name in classes:  # class folders: `sizes` counts images per class
+                files = sorted((root / split / name).glob("*.png"))
+                assert len(files) == count and Image.open(files[0]).size == (16, 16)
+        first = root / "train" / classes[0] / "0000.png"
+    else:
+        for split, count in SIZES.items():
+            rows = read(root, split)
+            assert list(rows[0]) == columns(task, modalities) and len(rows) == count
+            for row in rows:
+                check_row(row, task, classes, root)
+        first = root / (read(root)[0]["image"] if "image" in modalities else "train.csv")
+    again = write_toy_dataset(tmp_path / "b", task, modalities, sizes=SIZES, image_size=16)
+    other = write_toy_dataset(tmp_path / "c", task, modalities, sizes=SIZES, image_size=16, seed=1)
+    csvs = [Path("train.csv")] if (root / "train.csv").exists() else []
+    for name in [first.relative_to(root), *csvs]:
+        assert (again / name).read_bytes() == (root / name).read_bytes()  # same seed, same bytes
+    assert (other / first.relative_to(root)).read_bytes() != first.read_bytes()
+
+
+def check_row(row: dict[str, str], task: str, classes: tuple[str, ...], root: Path) -> None:
+    if "image" in row:
+        image = Image.open(root / row["image"])
+        assert row["image"].startswith("images/") and image.size == (16, 16) and image.mode == "RGB"
+    if task == "segmentation":
+        mask = Image.open(root / row["mask"])
+        assert mask.mode == "L" and mask.size == image.size
+        low, high = mask.getextrema()
+        assert low == 0 and 0 < high < len(classes)
+    if "x0" in row:
+        assert row["colour"] in COLOURS and row["x0"]  # only the noise columns x1..x3 have empty cells
+        [float(row[name]) for name in ("x0", "x1", "x2", "x3") if row[name]]
+    if "sequence" in row:
+        assert 6 <= len(row["sequence"].split()) <= 12
+    if task in ("multiclass", "binary"):
+        assert row["target"] in classes
+    elif task == "multilabel":
+        labels = row["target"].split()
+        assert len(labels) == len(classes) and set(labels) <= {"0", "1"} and "1" in labels
+    elif task == "regression":
+        float(row["target"]), float(row["target_2"])
+
+
+def best_lookup_accuracy(keys: list[object], targets: list[str]) -> float:
+    """Accuracy of the best rule that predicts the target from `keys` alone (the majority target per key)."""
+    groups: dict[object, Counter] = {}
+    for key, target in zip(keys, targets, strict=True):
+        groups.setdefault(key, Counter())[target] += 1
+    return sum(counter.most_common(1)[0][1] for counter in groups.values()) / len(targets)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary"])
+def test_one_input_decides_alone_several_inputs_only_together(task: str, tmp_path: Path) -> None:
+    classes = default_classes(task, ("tabular", "sequence"))
+    k = len(classes)
+    alone = read(write_toy_dataset(tmp_path / "alone", task, ("tabular",), sizes={"train": 200}))
+    assert all(row["target"] == classes[tabular_latent(float(row["x0"]), row["colour"], k)] for row in alone)
+
+    rows = read(write_toy_dataset(tmp_path / "both", task, ("tabular", "sequence"), sizes={"train": 400}))
+    tab = [tabular_latent(float(row["x0"]), row["colour"], k) for row in rows]
+    seq = [sequence_latent(row["sequence"], k) for row in rows]
+    targets = [row["target"] for row in rows]
+    both = list(zip(tab, seq, strict=True))
+    assert best_lookup_accuracy(both, targets) == 1.0  # both inputs: the target is determined
+    for single in (tab, seq, [row["colour"] for row in rows]):
+        assert best_lookup_accuracy(single, targets) < 1 / k + 0.2  # any one input: close to chance
+
+
+def test_regression_target_sums_the_inputs(tmp_path: Path) -> None:
+    rows = read(write_toy_dataset(tmp_path / "r", "regression", ("tabular", "sequence"), sizes={"train": 300}))
+    x0 = [float(row["x0"]) for row in rows]
+    rank = [next(INTENSITIES.index(w) for w in row["sequence"].split() if w in INTENSITIES) for row in rows]
+    target = [float(row["target"]) for row in rows]
+    fused = [x + 2 + 4 * r / (len(INTENSITIES) - 1) for x, r in zip(x0, rank, strict=True)]
+    assert statistics.correlation(fused, target) > 0.99
+    assert statistics.correlation(x0, target) < 0.8 and statistics.correlation(rank, target) < 0.8
+
+
+def test_cli_writes_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--root", str(tmp_path / "toy"), "--task", "binary", "--modality", "sequence+tabular"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "train 800" in out and "x0, x1, x2, x3, colour, sequence, target" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    main([*args, "--overwrite", "--seed", "3"])
+    with pytest.raises(SystemExit):
+        main(["--root", str(tmp_path / "bad"), "--task", "segmentation", "--modality", "tabular"])

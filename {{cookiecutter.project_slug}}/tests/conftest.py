@@ -24,7 +24,8 @@ TINY_BACKBONE = "test_resnet"
 CLASS_FOLDERS = uses_class_folders(TASK_TYPE, MODALITIES)
 # The class folders of the tiny multiclass data (binary keeps the toy writer's two classes).
 CLASSES = ("circle", "square", "triangle") if CLASS_FOLDERS and TASK_TYPE == "multiclass" else None
-MONITOR = build_task(TASK_TYPE, ["a", "b"]).monitor  # the optimizing metric: acc, auroc, map, rmse or miou
+# The optimizing metric (acc, auroc, map, rmse or miou) and whether higher ("max") or lower ("min") is better.
+MONITOR, MODE = build_task(TASK_TYPE, ["a", "b"]).monitor, build_task(TASK_TYPE, ["a", "b"]).mode
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,4 +1,5 @@
-"""Training monitors (gradient norms, update ratios, dead ReLUs, histograms, NaN stop) and the overfit verdict."""
+"""Training monitors (gradient norms, update ratios, dead ReLUs, histograms, NaN stop), the overfit verdict and
+the prediction writer."""
 
 from __future__ import annotations
 
@@ -6,29 +7,40 @@ import csv
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
 from conftest import cli_args
-from {{ cookiecutter.package_name }}.callbacks.monitors import TrainingMonitors
+from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
+from {{ cookiecutter.package_name }}.callbacks.monitors import TrainingMonitors, layer_groups, relu_groups
 from {{ cookiecutter.package_name }}.callbacks.overfit import OverfitCheck
+from {{ cookiecutter.package_name }}.callbacks.prediction_writer import CSVPredictionWriter
 from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.tasks import build_task
 
 
 class InjectNaN(pl.Callback):
-    """Poisons every input of the given epoch, as a corrupt file or a diverging layer would."""
+    """Poisons the network's outputs in the training steps of the given epoch, as a diverging layer would."""
 
     def __init__(self, epoch: int = 1):
         self.epoch = epoch
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-        if trainer.current_epoch == self.epoch:
-            batch["image"].fill_(float("nan"))
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        def poison(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+            if trainer.training and trainer.current_epoch == self.epoch:
+                return output * float("nan")
+            return None
+
+        pl_module.network.register_forward_hook(poison)
 
 
 class TinyClassifier(pl.LightningModule):
@@ -86,14 +98,84 @@ def test_project_model_logs_grad_norms_update_ratios_and_dead_units(tiny_data: P
     extra = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
     cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *extra, "--trainer.log_every_n_steps", "1"))
     rows = logged_rows(cli.trainer)
-    for group in ("backbone.conv1+bn1", "backbone.layer1", "backbone.layer4", "head"):
+    groups = layer_groups(cli.model)
+    # Backbone stages, one group per input encoder, the fusion + head (or a segmentation decoder's parts).
+    expected = {"fusion"} if hasattr(cli.model.network, "fusion") else {"classifier"}
+    expected |= {f"encoders.{name}" for name in getattr(cli.model.network, "encoders", {}) if name != "image"}
+    expected |= {"backbone.layer1", "backbone.layer4"} if "image" in MODALITIES else set()
+    assert expected <= set(groups)
+    for group in groups:
         norms = [float(r[f"grad_norm/{group}"]) for r in rows if r.get(f"grad_norm/{group}")]
         ratios = [float(r[f"update_ratio/{group}"]) for r in rows if r.get(f"update_ratio/{group}")]
-        assert len(norms) == 2 and all(0 < n < math.inf for n in norms)
-        assert len(ratios) == 2 and all(0 < r < 1 for r in ratios)  # AdamW moves every group a little
-    dead = [float(r["dead_units/backbone.layer1"]) for r in rows if r.get("dead_units/backbone.layer1")]
-    assert len(dead) == 2 and all(0 <= d <= 1 for d in dead)
+        assert len(norms) == 2 and all(0 < n < math.inf for n in norms), group
+        assert len(ratios) == 2 and all(0 < r < 1 for r in ratios), group  # AdamW moves every group a little
+    # Dead units: only where the model has ReLUs (the image backbone, a decoder); GELU MLPs, GRUs have none.
+    relu_parts = set(relu_groups(cli.model, groups).values())
+    assert bool(relu_parts) is ("image" in MODALITIES)
+    for group in relu_parts:
+        dead = [float(r[f"dead_units/{group}"]) for r in rows if r.get(f"dead_units/{group}")]
+        assert len(dead) == 2 and all(0 <= d <= 1 for d in dead)
     assert "grad_norm/total" in cli.trainer.callback_metrics
+
+
+class SequenceTagger(pl.LightningModule):
+    """Embedding -> GRU -> Transformer layer -> LayerNorm -> ReLU feed-forward on [B, T, D], masked mean pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 16, padding_idx=0)
+        self.rnn = nn.GRU(16, 8, batch_first=True, bidirectional=True)
+        self.attention = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.ffn = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+        self.out = nn.Linear(16, 3)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        values, mask = batch["sequence"]["values"], batch["sequence"]["mask"]
+        x = self.rnn(self.embed(values))[0]
+        x = self.ffn(self.norm(self.attention(x, src_key_padding_mask=~mask)))
+        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        loss = nn.functional.cross_entropy(self.out(pooled), batch["target"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_recurrent_and_attention_models_are_monitored(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 7, (16,), generator=generator)
+    mask = torch.arange(6)[None] < lengths[:, None]
+    values = torch.randint(1, 20, (16, 6), generator=generator) * mask
+    samples = [{"sequence": {"values": values[i], "mask": mask[i]}, "target": lengths[i] % 3} for i in range(16)]
+    trainer = fit_tiny(SequenceTagger(), tmp_path, [TrainingMonitors()], DataLoader(samples, batch_size=4))
+    metrics = trainer.callback_metrics
+    for group in ("embed", "rnn", "attention", "norm", "ffn", "out"):
+        assert 0 < float(metrics[f"grad_norm/{group}"]) < math.inf and float(metrics[f"update_ratio/{group}"]) > 0
+    assert 0 <= float(metrics["dead_units/ffn"]) <= 1  # the ReLU's 16 channels over batch and steps
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        torch.tensor([2, 2, 2]),  # multiclass
+        torch.tensor([1.0, 1.0, 1.0]),  # binary
+        torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]),  # multilabel
+        torch.zeros(3, 4, 4, dtype=torch.int64),  # segmentation: the same mask
+    ],
+)
+def test_overfit_check_warns_on_a_batch_with_one_target_for_every_task(target: torch.Tensor) -> None:
+    with pytest.warns(UserWarning, match="the batch holds a single class"):
+        OverfitCheck().on_train_batch_start(None, None, {"target": target}, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mixed = (
+            torch.cat([target[:2], 1 - target[2:]])
+            if target.is_floating_point()
+            else torch.cat([target[:2], target[2:] + 1])
+        )
+        OverfitCheck().on_train_batch_start(None, None, {"target": mixed}, 0)
 
 
 def test_nan_loss_stops_the_run_with_one_line_and_last_checkpoint_intact(tiny_data: Path, tmp_path: Path) -> None:
@@ -172,3 +254,26 @@ def test_overfit_check_warns_when_the_batch_holds_one_class(tmp_path: Path, caps
         loader = tiny_loader(single_class=True)
         fit_tiny(TinyClassifier(), tmp_path, [OverfitCheck()], loader, overfit_batches=1, max_epochs=20)
     assert "this says little" in capsys.readouterr().out
+
+
+def test_prediction_writer_writes_the_task_columns_and_segmentation_masks(tmp_path: Path) -> None:
+    task = build_task(TASK_TYPE, ["background", "circle", "square"] if TASK_TYPE != "binary" else ["no", "yes"])
+    masks = hasattr(task, "prediction_mask")  # segmentation
+    torch.manual_seed(0)
+    batches = [
+        {"id": ids, "outputs": task.activation(torch.randn(len(ids), task.num_outputs, *((4, 6) if masks else ())))}
+        for ids in (["test.csv:2", "test.csv:3"], ["test.csv:4"])
+    ]
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), world_size=1, global_rank=0, is_global_zero=True)
+    writer = CSVPredictionWriter()
+    writer.write_on_epoch_end(trainer, SimpleNamespace(task=task), batches, [])
+    with open(tmp_path / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["id"] for row in rows] == ["test.csv:2", "test.csv:3", "test.csv:4"]
+    expected = task.prediction_rows(batches[0]["outputs"])[0]
+    assert list(rows[0]) == ["id", *expected, *(["mask_file"] if masks else [])]
+    assert (tmp_path / "predicted_masks").is_dir() is masks
+    if masks:
+        assert rows[2]["mask_file"] == "predicted_masks/test.csv_4.png"
+        saved = np.asarray(Image.open(tmp_path / rows[2]["mask_file"]))
+        assert saved.dtype == np.uint8 and np.array_equal(saved, batches[1]["outputs"][0].argmax(0).numpy())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +134,17 @@ class Constant(torch.nn.Module):
         return self.outputs.expand(len(x), -1)
 
 
-def constant_outputs(task_type: str, targets: torch.Tensor, num_outputs: int) -> torch.Tensor:
+def constant_outputs(
+    task_type: str, targets: torch.Tensor, num_outputs: int, from_counts: bool = False
+) -> torch.Tensor:
     """The best constant outputs [K] for the train targets: log class frequencies (multiclass, segmentation: the
     argmax is the most frequent class), logits of the label frequencies (binary, multilabel), the mean (regression).
+
+    `from_counts`: `targets` are already the class counts [K] (segmentation counts its pixels batch by batch).
     """
     if task_type in CLASS_TASKS:
-        counts = torch.bincount(targets.flatten().long(), minlength=num_outputs).double()
+        counts = targets if from_counts else torch.bincount(targets.flatten().long(), minlength=num_outputs)
+        counts = counts.double()
         return (counts / counts.sum()).clamp(min=1e-8).log().float()
     mean = targets.double().reshape(len(targets), -1).mean(0)
     if task_type in PROBABILITY_TASKS:
@@ -187,6 +192,62 @@ def _pixel_sample(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     return colours.flatten(0, 1), classes.gather(1, index).flatten()
 
 
+class FeatureBatches:
+    """(features, targets, ids) of a split, batch by batch, read once: flat features are small and kept for the
+    next pass; pixel features (whole images) are read again instead."""
+
+    def __init__(self, datamodule: pl.LightningDataModule, featurize: torch.nn.Module, max_train_samples: int | None):
+        self.datamodule, self.featurize = datamodule, featurize
+        self.keep = not isinstance(featurize, PixelFeatures)
+        self.splits = [split for split in SPLITS if split in datamodule.splits]
+        self.datasets = {
+            split: eval_dataset(datamodule, split, max_train_samples if split == "train" else None)
+            for split in self.splits
+        }
+        self.kept: dict[str, list[tuple[torch.Tensor, torch.Tensor, list[str]]]] = {}
+
+    @torch.no_grad()
+    def __call__(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        if split in self.kept:
+            yield from self.kept[split]
+            return
+        kept = []
+        for batch in eval_loader(self.datamodule, self.datasets[split]):
+            item = (self.featurize(batch), batch["target"], list(batch["id"]))
+            if self.keep:
+                kept.append(item)
+            yield item
+        if self.keep:
+            self.kept[split] = kept
+
+
+def fit_baselines(task: Any, task_type: str, train: Iterable[tuple], steps: int = 100) -> dict[str, torch.nn.Module]:
+    """The constant and the linear model, from the train batches of FeatureBatches."""
+    if task_type != "segmentation":
+        features, targets = zip(*((x, y) for x, y, _ in train), strict=True)
+        x, y = torch.cat(features), torch.cat(targets)
+        linear = fit_linear(x, y, task.num_outputs, task.loss, steps)
+        return {"majority": Constant(constant_outputs(task_type, y, task.num_outputs)), "linear": linear}
+    # Segmentation: every pixel counts for the class frequencies; a sample of them fits the per-pixel model,
+    # scored with the task's loss on 1x1 "images".
+    generator = torch.Generator().manual_seed(0)
+    colours, classes, counts = [], [], torch.zeros(task.num_outputs, dtype=torch.long)
+    for images, masks, _ in train:
+        pixels, labels = _pixel_sample(images, masks, generator)
+        colours.append(pixels)
+        classes.append(labels)
+        counts += torch.bincount(masks.flatten(), minlength=task.num_outputs)
+
+    def loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return task.loss(outputs[:, :, None, None], target[:, None, None])
+
+    linear = fit_linear(torch.cat(colours), torch.cat(classes), task.num_outputs, loss, steps, pixelwise=True)
+    return {
+        "majority": Constant(constant_outputs(task_type, counts, task.num_outputs, from_counts=True)),
+        "linear": linear,
+    }
+
+
 def run_baselines(
     task: Any,
     datamodule: pl.LightningDataModule,
@@ -196,59 +257,11 @@ def run_baselines(
 ) -> dict[str, Any]:
     """Both baselines on train/val/test: {"baselines": {name: {split: scores}}, "best": ..., "descriptions": ...}."""
     task_type = datamodule.hparams.task
-    pixelwise = task_type == "segmentation"
-    featurize = PixelFeatures() if pixelwise else Features(datamodule.input_specs, feature_size)
-    splits = [split for split in SPLITS if split in datamodule.splits]
-    datasets = {
-        split: eval_dataset(datamodule, split, max_train_samples if split == "train" else None) for split in splits
-    }
-    cache: dict[str, list[tuple[torch.Tensor, torch.Tensor, list[str]]]] = {}
-
-    def batches(split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        """(features, targets, ids) per batch; flat features are kept, so each split is read only once."""
-        if split in cache:
-            yield from cache[split]
-            return
-        kept = []
-        with torch.no_grad():
-            for batch in eval_loader(datamodule, datasets[split]):
-                item = (featurize(batch), batch["target"], list(batch["id"]))
-                if not pixelwise:
-                    kept.append(item)
-                yield item
-        if not pixelwise:
-            cache[split] = kept
-
-    # Fit on train: all features, or a sample of the pixels (all of them count for the class frequencies).
-    generator = torch.Generator().manual_seed(0)
-    xs, ys, class_counts = [], [], torch.zeros(task.num_outputs, dtype=torch.long)
-    for features, target, _ in batches("train"):
-        if pixelwise:
-            x, y = _pixel_sample(features, target, generator)
-            xs.append(x)
-            ys.append(y)
-            class_counts += torch.bincount(target.flatten(), minlength=task.num_outputs)
-        else:
-            xs.append(features)
-            ys.append(target)
-    train_x, train_y = torch.cat(xs), torch.cat(ys)
-    if pixelwise:  # the loss of 1x1 "images", so a segmentation task scores single pixels
-        constant = (class_counts.double() / class_counts.sum()).clamp(min=1e-8).log().float()
-
-        def loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return task.loss(outputs[:, :, None, None], target[:, None, None])
-
-    else:
-        constant = constant_outputs(task_type, train_y, task.num_outputs)
-        loss = task.loss
-    models = {
-        "majority": Constant(constant),
-        "linear": fit_linear(train_x, train_y, task.num_outputs, loss, steps, pixelwise=pixelwise),
-    }
-    del xs, ys, train_x
-
+    featurize = PixelFeatures() if task_type == "segmentation" else Features(datamodule.input_specs, feature_size)
+    batches = FeatureBatches(datamodule, featurize, max_train_samples)
+    models = fit_baselines(task, task_type, batches("train"), steps)
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    for split in splits:
+    for split in batches.splits:
         accumulators = {name: Accumulator(task, split, task.metrics()) for name in models}
         with torch.no_grad():
             for features, target, ids in batches(split):
@@ -257,10 +270,12 @@ def run_baselines(
         for name, accumulator in accumulators.items():
             results[name][split] = scores(accumulator.result())
     best = min(results, key=lambda name: results[name]["val"]["error"])
-    majority_class = task.class_names[int(constant.argmax())] if task_type in CLASS_TASKS else None
-    if task_type == "binary":
+    constant = models["majority"].outputs
+    majority_class = None
+    if task_type in CLASS_TASKS:
+        majority_class = task.class_names[int(constant.argmax())]
+    elif task_type == "binary":
         majority_class = task.class_names[int(constant.item() > 0)]
-    inputs = "" if pixelwise or len(datamodule.input_specs) == 1 else f" ({', '.join(sorted(datamodule.input_specs))})"
     return {
         "task": task_type,
         "error": ERROR_MEANINGS.get(task_type, "the task's error"),
@@ -269,11 +284,11 @@ def run_baselines(
         "majority_class": majority_class,
         "descriptions": {
             "majority": describe_constant(task_type, task, constant),
-            "linear": f"{linear_kind(task_type)} on {featurize.describe()}{inputs}, fitted with the task's loss",
+            "linear": f"{linear_kind(task_type)} on {featurize.describe()}, fitted with the task's loss",
         },
         "notes": _notes(task_type, datamodule),
         "feature_size": feature_size,
-        "train_samples": len(datasets["train"]),
+        "train_samples": len(batches.datasets["train"]),
     }
 
 

@@ -82,7 +82,7 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
     if "sequence" in inputs:
         bigger.append("`model.sequence_encoder: transformer`")
     if several:
-        bigger.append("a wider fusion (`model.fusion_dim`, `model.fusion: gated`)")
+        bigger.append("a wider fusion (`model.fusion_dim`) or another `model.fusion` (concat, late, gated)")
     smaller = []
     if image:
         smaller.append("a smaller `model.backbone`, or a pretrained one that needs less data")

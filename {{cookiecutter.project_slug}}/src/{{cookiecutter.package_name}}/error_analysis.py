@@ -74,23 +74,25 @@ def _heat_map(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
     names = [name[:12] for name in class_names]
     n = len(names)
     margin = max(96, 8 + 7 * max(len(name) for name in names))
-    image = Image.new("RGB", (margin + n * CELL + 8, margin + n * CELL + 8), "white")
+    # Cells as wide as the largest count (pixel counts run into millions), at least CELL px.
+    cell = max(CELL, 8 + 7 * len(str(int(matrix.max()))))
+    image = Image.new("RGB", (margin + n * cell + 8, margin + n * cell + 8), "white")
     draw = ImageDraw.Draw(image)
     draw.text((4, margin - 28), "rows: true", fill="gray", font=font)
     draw.text((4, margin - 16), "cols: predicted", fill="gray", font=font)
     shares = matrix.float() / matrix.sum(dim=1, keepdim=True).clamp(min=1)
     for i in range(n):
-        draw.text((4, margin + i * CELL + CELL // 3), names[i], fill="black", font=font)  # true class: rows
+        draw.text((4, margin + i * cell + cell // 3), names[i], fill="black", font=font)  # true class: rows
         label = Image.new("RGB", (margin - 8, 12), "white")  # predicted class: columns, written upwards
         ImageDraw.Draw(label).text((0, 0), names[i], fill="black", font=font)
-        image.paste(label.rotate(90, expand=True), (margin + i * CELL + CELL // 3, 4))
+        image.paste(label.rotate(90, expand=True), (margin + i * cell + cell // 3, 4))
         for j in range(n):
             shade = float(shares[i, j])
             colour = tuple(int(255 - shade * (255 - c)) for c in (31, 80, 160))  # white -> dark blue
-            box = (margin + j * CELL, margin + i * CELL, margin + (j + 1) * CELL - 1, margin + (i + 1) * CELL - 1)
+            box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1)
             draw.rectangle(box, fill=colour, outline=(200, 200, 200))
             text = str(int(matrix[i, j]))
-            draw.text((box[0] + 4, box[1] + CELL // 3), text, fill="white" if shade > 0.5 else "black", font=font)
+            draw.text((box[0] + 4, box[1] + cell // 3), text, fill="white" if shade > 0.5 else "black", font=font)
     return image
 
 
@@ -229,7 +231,7 @@ def worst_examples(task_type: str, task: Any, evaluation: SplitEvaluation, k: in
     ]
 
 
-def input_summary(datamodule: pl.LightningDataModule, max_columns: int = 4, width: int = 60) -> dict[str, str]:
+def input_summary(datamodule: pl.LightningDataModule, max_columns: int = 6, width: int = 80) -> dict[str, str]:
     """id -> the first tabular / sequence input cells of each row, as the CSV holds them ("x0=1.2, colour=red")."""
     hp = datamodule.hparams
     columns = [*(hp.get("numeric_columns") or []), *(hp.get("categorical_columns") or [])]
@@ -307,7 +309,11 @@ def analyze(
     columns = ["true", "predicted", *extra, "loss", "id", *(["inputs"] if summary else [])]
     where = " (images: worst_examples.png)" if has_images else ""
     lines += [f"Worst {len(examples)} {split} examples (highest loss){where}:", ""]
-    lines += ["| # | " + " | ".join(columns) + " |", "|---:|" + "---|" * len(columns)]
+    numeric = {"confidence", "pixel_error", "loss"}
+    lines += [
+        "| # | " + " | ".join(columns) + " |",
+        "|---:|" + "".join("---:|" if c in numeric else "---|" for c in columns),
+    ]
     for k, example in enumerate(examples, 1):
         cells = [f"{example[c]:.3f}" if isinstance(example[c], float) else _cell(example[c]) for c in columns]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")

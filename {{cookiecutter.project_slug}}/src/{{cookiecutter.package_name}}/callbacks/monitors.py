@@ -1,7 +1,9 @@
 """Training health, per layer group: gradient norms, update/weight ratios, dead ReLUs, histograms, NaN stop.
 
 Layer groups are the stages of a timm backbone (timm's coarse `group_matcher`: stem, layer1..4, stages.0..3,
-blocks.0..11, ...) plus every other top-level part of the network (`head`, ...).
+blocks.0..11, ...) plus every other top-level part of the network (`fusion`, a segmentation decoder's parts,
+...); a top-level `nn.ModuleDict` is split by its entries (`encoders.tabular`, `encoders.sequence`, the stages
+of a timm feature-pyramid backbone). Any model works: the groups come from parameter names only.
 
 What the numbers say:
 - `grad_norm/<group>`: gradient L2 norm (before clipping); a tiny total means vanishing gradients, a huge one
@@ -9,7 +11,8 @@ What the numbers say:
 - `update_ratio/<group>`: ||weights after the step - before|| / ||weights before||; about 1e-3 is healthy, much
   lower means the learning rate is too low for that group, much higher (1e-1) too high;
 - `dead_units/<group>`: fraction of ReLU channels that output zero for every sample of the batch (they get no
-  gradient and stop learning);
+  gradient and stop learning); only ReLU modules count (GELU, tanh and the gates of a GRU are never exactly
+  zero), so a model without them (an MLP with GELU, a GRU, a Transformer) logs none;
 - `weights/<group>` and `grads/<group>` histograms (W&B and TensorBoard).
 
 Everything except the NaN check runs only on logging steps (hooks are attached just for those batches), so the
@@ -68,9 +71,13 @@ def timm_stages(model: nn.Module) -> Groups:
 
 
 def top_level_groups(module: nn.Module) -> Groups:
+    """Parameters by top-level part; a part that is an `nn.ModuleDict` (one encoder per input, the stages of a
+    timm `features_only` backbone) by its entries: `encoders.tabular`, `backbone.layer1`."""
+    dicts = {name for name, child in module.named_children() if isinstance(child, nn.ModuleDict)}
     groups: Groups = defaultdict(list)
     for name, param in module.named_parameters():
-        groups[name.split(".")[0]].append(param)
+        parts = name.split(".")
+        groups[".".join(parts[:2]) if parts[0] in dicts and len(parts) > 2 else parts[0]].append(param)
     return dict(groups)
 
 
@@ -111,8 +118,13 @@ def relu_groups(pl_module: nn.Module, groups: Groups) -> dict[nn.Module, str]:
     return relus
 
 
+def _dense(tensor: torch.Tensor) -> torch.Tensor:
+    """A sparse gradient (nn.Embedding(sparse=True)) as its stored values: same norm, same histogram of non-zeros."""
+    return tensor.coalesce().values() if tensor.is_sparse else tensor
+
+
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(_dense(t).float()) for t in tensors]))
 
 
 def histogram(values: torch.Tensor, bins: int = HISTOGRAM_BINS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +218,7 @@ class TrainingMonitors(pl.Callback):
             self._hooks = [m.register_forward_hook(partial(self._count_dead, g)) for m, g in self._relus.items()]
 
     def _count_dead(self, group: str, module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        if output.ndim < 2:
+        if not torch.is_tensor(output) or output.ndim < 2:
             return
         with torch.no_grad():
             channel_dim = output.ndim - 1 if output.ndim == 3 else 1  # [B, T, D] sequences; [B, C, ...] otherwise
@@ -306,7 +318,7 @@ class TrainingMonitors(pl.Callback):
             return  # CSV cannot show histograms
         for name, params in self._groups.items():
             weights = torch.cat([p.detach().flatten() for p in params]).float()
-            grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
+            grads = [_dense(p.grad).detach().flatten() for p in params if p.grad is not None]
             for kind, values in (("weights", weights), ("grads", torch.cat(grads).float() if grads else None)):
                 if values is not None and bool(torch.isfinite(values).all()):
                     for logger in loggers:

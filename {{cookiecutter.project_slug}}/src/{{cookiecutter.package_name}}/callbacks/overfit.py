@@ -27,17 +27,19 @@ class OverfitCheck(pl.Callback):
         self.monitor = monitor
         self.loss: float | None = None
         self.passed: bool | None = None
-        self._classes: int | None = None
+        self._single_target: bool | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         target = batch.get("target") if isinstance(batch, dict) else None
-        if self._classes is None and torch.is_tensor(target) and target.ndim == 1 and not target.is_floating_point():
-            self._classes = int(target.unique().numel())
-            if self._classes == 1:
+        if self._single_target is None and torch.is_tensor(target) and target.ndim >= 1 and len(target) > 1:
+            # Every sample with the same target (one class, the same labels, the same values or mask): a constant
+            # output fits the batch without learning anything from the inputs.
+            self._single_target = bool((target == target[:1]).all())
+            if self._single_target:
                 # Samples sorted by class and no shuffling (overfit_batches turns it off) give such a batch.
                 rank_zero_warn(
-                    "overfit one batch: the batch holds a single class, so a constant prediction passes; "
-                    "order the training samples so that the first batch mixes classes"
+                    "overfit one batch: the batch holds a single class (every sample has the same target), so a "
+                    "constant prediction passes; order the training samples so that the first batch mixes targets"
                 )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -51,7 +53,7 @@ class OverfitCheck(pl.Callback):
             epochs = trainer.current_epoch
             if self.passed:
                 message = f"overfit one batch: PASS (loss {self.loss:.4g} < {self.threshold:g} after {epochs} epochs)"
-                if self._classes == 1:
+                if self._single_target:
                     message += " on a batch of one class only: this says little"
             else:
                 message = (

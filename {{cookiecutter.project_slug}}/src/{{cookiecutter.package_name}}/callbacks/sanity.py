@@ -231,13 +231,15 @@ def _name(class_names: Sequence[str], label: int) -> str:
     return class_names[label] if 0 <= label < len(class_names) else str(label)
 
 
-def check_labels(labels: Mapping[str, Sequence[int]], class_names: Sequence[str], max_imbalance: float = 10.0) -> CheckResult:
+def check_labels(
+    labels: Mapping[str, Sequence[int]], class_names: Sequence[str], max_imbalance: float = 10.0
+) -> CheckResult:
     """Class counts per split, classes missing from a split, imbalance (largest / smallest class count).
 
     `labels`: split -> the class index of every sample (`DataModule.labels(split)`).
     """
     parts, problems = [], []
-    for split in sorted(labels, key=lambda name: (name != "train", name)):  # train first
+    for split in sorted(labels, key=_split_order):
         counts = Counter(labels[split])
         if not counts:
             parts.append(f"{split} 0")
@@ -303,11 +305,18 @@ def find_leaks(
             groups[(content, values)].append((split, row))
     leaks = []
     for samples in groups.values():
+        samples.sort(key=lambda sample: (_split_order(sample[0]), sample[1].where()))  # train first
         for i, (split_a, row_a) in enumerate(samples):
             for split_b, row_b in samples[i + 1 :]:
                 if split_a != split_b:
                     leaks.append((split_a, row_a, split_b, row_b))
-    return sorted(leaks, key=lambda leak: (leak[0], leak[1].where(), leak[2], leak[3].where()))
+    return sorted(
+        leaks, key=lambda leak: (_split_order(leak[0]), leak[1].where(), _split_order(leak[2]), leak[3].where())
+    )
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (("train", "train_dev", "val", "test") + (split,)).index(split), split
 
 
 def _describe(row: Row, image_column: str | None) -> str:
@@ -323,12 +332,14 @@ def check_leakage(
     leaks = find_leaks(splits, image_column, columns)
     samples = sum(len(rows) for rows in splits.values())
     how = " + ".join(
-        (["image file bytes (blake2b)"] if image_column else []) + ([f"{len(columns)} input columns"] if columns else [])
+        (["image file bytes (blake2b)"] if image_column else [])
+        + ([f"{len(columns)} input column{'s' if len(columns) > 1 else ''}"] if columns else [])
     )
     result = CheckResult("leakage", f"{samples} samples compared by {how or 'nothing'}: {len(leaks)} identical pairs")
     if leaks:
         shown = "; ".join(
-            f"{a}: {_describe(ra, image_column)} == {b}: {_describe(rb, image_column)}" for a, ra, b, rb in leaks[:max_pairs]
+            f"{a}: {_describe(ra, image_column)} == {b}: {_describe(rb, image_column)}"
+            for a, ra, b, rb in leaks[:max_pairs]
         )
         more = f" (and {len(leaks) - max_pairs} more)" if len(leaks) > max_pairs else ""
         result.problems.append(f"{len(leaks)} samples appear in more than one split (leakage): {shown}{more}")
@@ -390,7 +401,9 @@ def grid_titles(
         values = targets.float() * torch.tensor(target_stats["std"]) + torch.tensor(target_stats["mean"])
         return [", ".join(f"{v:.3g}" for v in row) for row in values.tolist()]
     if targets.ndim == 2:  # multilabel: 0/1 per label
-        return ["+".join(_name(class_names, i) for i, v in enumerate(row) if v > 0.5) or "none" for row in targets.tolist()]
+        return [
+            "+".join(_name(class_names, i) for i, v in enumerate(row) if v > 0.5) or "none" for row in targets.tolist()
+        ]
     if targets.ndim == 3 and not targets.is_floating_point():  # segmentation masks
         return ["+".join(_name(class_names, int(c)) for c in mask.unique().tolist()) for mask in targets]
     return None

@@ -8,12 +8,15 @@ validation batch, and logs `satisficing/*`:
     batch_latency_ms_p95, throughput the validation batch size (samples/s)
     peak_memory_mb                   CUDA: weights + the forward's peak extra memory; CPU: the process peak RSS
     params_m, checkpoint_mb, flops_g parameters (millions), serialized state_dict (MiB), GFLOPs per sample
+                                     (NaN, reported as n/a, when the FLOP counter cannot run the model)
     ok                               1.0 when every configured constraint is met
     score                            the gated score that ModelCheckpoint monitors (below)
 
 The gated score ranks every feasible epoch by the optimizing metric and every infeasible epoch below all of
 them, ordered by how far it is from meeting the constraints (the sum of relative violations). So "best" is the
-best optimizing value among the feasible epochs or, when none is feasible, the closest infeasible one.
+best optimizing value among the feasible epochs or, when none is feasible, the closest infeasible one. "Below"
+follows the metric's mode: for a metric to minimize (`val/rmse`, mode "min") infeasible epochs score above
+every feasible one.
 
 At the end of `fit` it prints a table (limit, value measured at the chosen epoch, pass/fail) and writes
 `satisficing.md` and `satisficing.json` into the run folder.
@@ -36,8 +39,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy
-from pytorch_lightning.utilities import rank_zero_warn
-from pytorch_lightning.utilities.data import extract_batch_size
+from pytorch_lightning.utilities import move_data_to_device, rank_zero_warn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ProjectError
@@ -158,6 +160,49 @@ def first_sample(batch: Any) -> Any:
     return batch
 
 
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list | tuple) else ()
+    for item in items:
+        if (found := _first_tensor(item)) is not None:
+            return found
+    return None
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in a batch: the length of its "id" list, else the first dimension of its first tensor."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("id"), list | tuple):
+        return len(batch["id"])
+    tensor = _first_tensor(batch)
+    if tensor is not None:
+        return len(tensor) if tensor.ndim else 1
+    return len(batch) if isinstance(batch, list | tuple) else 1
+
+
+def count_flops(
+    module: torch.nn.Module, sample: Any, forward_context: Callable[[], AbstractContextManager] = nullcontext
+) -> tuple[float, str]:
+    """FLOPs of one forward pass (a multiply-add = 2), and why they could not be counted ("" when they were).
+
+    Counts matrix multiplies, convolutions and attention, the bulk of a network's work. The pass runs with
+    autograd on (its graph is discarded) and cuDNN off: fused inference kernels, such as the fast path of
+    `nn.TransformerEncoderLayer` under no_grad or cuDNN's GRU/LSTM, are single operations the counter has no
+    formula for, and would count as 0; without them they run as the matrix multiplies the counter sees.
+    """
+    try:
+        with (
+            torch.enable_grad(),
+            torch.backends.cudnn.flags(enabled=False),
+            forward_context(),
+            FlopCounterMode(display=False) as counter,
+        ):
+            module(sample)
+        return float(counter.get_total_flops()), ""
+    except Exception as error:  # noqa: BLE001 - an uncountable model must not stop training
+        return math.nan, f"{type(error).__name__}: {error}".splitlines()[0][:200]
+
+
 def _timed_ms(forward: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
     for _ in range(warmup):
         forward()
@@ -185,10 +230,14 @@ def measure(
     warmup: int = 1,
     repeats: int = 5,
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    notes: list[str] | None = None,
 ) -> dict[str, float]:
-    """Latency, throughput, memory, size and FLOPs of `module(batch)` on the device the batch is on.
+    """Latency, throughput, memory, size and FLOPs of `module(batch)` on the module's device.
 
-    The module is put in eval mode for the measurement and every submodule's train/eval mode is restored after.
+    `batch` is any nested structure of tensors (the project's batch dict: {"image": ..., "tabular": {...},
+    "id": [...]}); it is moved to the module's device first. The module is put in eval mode for the measurement
+    and every submodule's train/eval mode is restored after. What could not be measured is NaN, and why is
+    appended to `notes`.
     """
     parameters = list(module.parameters())
     device = parameters[0].device if parameters else torch.device("cpu")
@@ -198,7 +247,8 @@ def measure(
         if cuda:
             torch.cuda.synchronize(device)
 
-    one, size = first_sample(batch), extract_batch_size(batch)
+    batch = move_data_to_device(batch, device)
+    one, size = first_sample(batch), batch_size_of(batch)
     modes = {submodule: submodule.training for submodule in module.modules()}
     module.eval()
     try:
@@ -222,9 +272,9 @@ def measure(
                 # No allocator statistics off CUDA: this is the whole process's peak resident memory so far
                 # (training, data loading and this measurement together), an upper bound for inference.
                 peak_mb = _process_peak_rss_mb()
-            # Counts matrix multiplies and convolutions (a multiply-add = 2 FLOPs), the bulk of a network's work.
-            with forward_context(), FlopCounterMode(display=False) as flop_counter:
-                module(one)
+        flops, why = count_flops(module, one, forward_context)
+        if why and notes is not None:
+            notes.append(f"FLOPs not counted ({why}): flops_g is NaN, and a max_flops_g limit cannot pass")
     finally:
         for submodule, training in modes.items():
             submodule.training = training
@@ -238,7 +288,7 @@ def measure(
         "peak_memory_mb": peak_mb,
         "params_m": sum(p.numel() for p in parameters) / 1e6,
         "checkpoint_mb": weights_file.getbuffer().nbytes / MIB,
-        "flops_g": flop_counter.get_total_flops() / 1e9,
+        "flops_g": flops / 1e9,
     }
 
 
@@ -276,6 +326,7 @@ class SatisficingMetrics(pl.Callback):
         self.history: list[dict[str, Any]] = []  # one record per validation; saved in checkpoints for resuming
         self._batch: Any = None
         self._latest: dict[str, Any] | None = None
+        self._warned: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # A mode mismatch would silently keep the worst epoch: refuse it.
@@ -331,9 +382,14 @@ class SatisficingMetrics(pl.Callback):
         epoch = trainer.current_epoch
         latest = self._latest
         if latest is None or epoch % self.measure_every_n_epochs == 0:
+            notes: list[str] = []
             measured = measure(
-                pl_module, self._batch, self.warmup, self.repeats, trainer.precision_plugin.forward_context
+                pl_module, self._batch, self.warmup, self.repeats, trainer.precision_plugin.forward_context, notes
             )
+            for note in notes:
+                if note not in self._warned:
+                    self._warned.add(note)
+                    rank_zero_warn(f"satisficing metrics: {note}")
             measured_at = epoch
         else:
             measured, measured_at = latest["measured"], latest["measured_at_epoch"]
@@ -444,7 +500,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     ]
     for row in report["constraints"]:
         limit = "-" if row["limit"] is None else f"{row['limit']:g}"
-        lines.append(f"| {row['constraint']} | {row['quantity']} | {limit} | {row['measured']:.4g} | {row['result']} |")
+        measured = "n/a" if row["measured"] is None or math.isnan(row["measured"]) else f"{row['measured']:.4g}"
+        lines.append(f"| {row['constraint']} | {row['quantity']} | {limit} | {measured} | {row['result']} |")
     lines += ["", "Every validation (violation: the summed relative excess over the limits; 0 = feasible):", ""]
     lines += [f"| epoch | step | {optimize['metric']} | feasible | violation |", "|---|---|---|---|---|"]
     for r in report["history"]:

@@ -19,11 +19,15 @@ def test_features_of_every_input() -> None:
     batch = {
         "image": torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8),
         "tabular": {"numeric": torch.tensor([[0.5, 0.0], [-1.0, 1.0]]), "categorical": torch.tensor([[2], [0]])},
-        "tokens": {"values": torch.tensor([[2, 2, 5, 0], [9, 1, 0, 0]]), "mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])},
-        "series": {"values": torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]])[..., None], "mask": torch.tensor([[1, 1, 0], [1, 0, 0]])},
-    }  # fmt: skip
-    for entry in ("tokens", "series"):
-        batch[entry]["mask"] = batch[entry]["mask"].bool()
+        "tokens": {
+            "values": torch.tensor([[2, 2, 5, 0], [9, 1, 0, 0]]),
+            "mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool(),
+        },
+        "series": {
+            "values": torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]])[..., None],
+            "mask": torch.tensor([[1, 1, 0], [1, 0, 0]]).bool(),
+        },
+    }
 
     image = Features({"image": {}}, feature_size=2)(batch)
     assert image.shape == (2, 3 * 2 * 2)

@@ -160,8 +160,7 @@ def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, t
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, *split, "--trainer.max_epochs", "1"))
     after_fit = json.loads((fit.run_dir / "diagnosis.json").read_text())
     assert after_fit["weights"] == fit.trainer.checkpoint_callback.best_model_path
-    inputs = {"image"} if TASK_TYPE == "segmentation" else set(MODALITIES)  # segmentation reads the image alone
-    assert after_fit["task"] == TASK_TYPE and set(after_fit["inputs"]) == inputs
+    assert after_fit["task"] == TASK_TYPE and set(after_fit["inputs"]) == set(MODALITIES)
     if TASK_TYPE in CLASSIFICATION:  # measured like validation measured the (only) epoch: error = 1 - accuracy
         accuracy = float(fit.trainer.callback_metrics["val/acc"])
         assert after_fit["errors"]["val"] == pytest.approx(1 - accuracy, abs=1e-6)

@@ -51,7 +51,9 @@ def test_the_fused_model_beats_every_single_input_model(fusion_data: Path, tmp_p
         singles[kept] = val_score(fusion_data, tmp_path / kept, "--model.fusion", "none", *removed)
     better = MODE == "max"
     margin = {name: (fused - score) if better else (score - fused) for name, score in singles.items()}
-    report = f"val/{MONITOR}: fused ({FUSION}) {fused:.3f}, " + ", ".join(f"{k} only {v:.3f}" for k, v in singles.items())
+    report = f"val/{MONITOR}: fused ({FUSION}) {fused:.3f}, " + ", ".join(
+        f"{k} only {v:.3f}" for k, v in singles.items()
+    )
     # A clear margin: 0.1 in accuracy-like metrics; for RMSE, 0.1 in the targets' units relative to the fused error.
     threshold = 0.1 if better else 0.1 * max(fused, 1e-6)
     print(report)

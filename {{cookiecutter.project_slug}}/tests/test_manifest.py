@@ -111,7 +111,9 @@ def test_a_label_outside_the_classes_is_named(data: Path) -> None:
 def test_a_multilabel_target_of_the_wrong_width_is_named(data: Path) -> None:
     width = len(read_rows(data / "train.csv")[0]["target"].split())
     line = set_cell(data / "val.csv", 1, "target", " ".join(["1"] * (width + 1)))
-    with pytest.raises(DataError, match=rf"val\.csv line {line}, column 'target': {width + 1} values, expected {width}"):
+    with pytest.raises(
+        DataError, match=rf"val\.csv line {line}, column 'target': {width + 1} values, expected {width}"
+    ):
         project_datamodule(data)
 
 
@@ -129,5 +131,5 @@ def test_regression_targets_are_standardized_with_train_statistics(data: Path) -
 def test_a_mask_whose_size_differs_from_its_image_is_named(data: Path) -> None:
     mask = data / read_rows(data / "val.csv")[0]["mask"]
     Image.new("L", (20, 32)).save(mask)
-    with pytest.raises(DataError, match=rf"val\.csv line 2, column 'mask': mask .* is 20x32 but its image"):
+    with pytest.raises(DataError, match=r"val\.csv line 2, column 'mask': mask .* is 20x32 but its image"):
         project_datamodule(data)

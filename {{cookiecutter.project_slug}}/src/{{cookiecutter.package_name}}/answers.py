@@ -4,5 +4,6 @@ Defaults that depend on the answers read them from here: the toy data writer and
 """
 
 TASK_TYPE = "{{ cookiecutter.task_type }}"
-MODALITIES: tuple[str, ...] = tuple("{{ cookiecutter.modality }}".split("+"))
+{%- set parts = cookiecutter.modality.split("+") %}
+MODALITIES: tuple[str, ...] = ({{ parts | map("tojson") | join(", ") }}{{ "," if parts | length == 1 }})
 FUSION = "{{ cookiecutter.fusion }}"

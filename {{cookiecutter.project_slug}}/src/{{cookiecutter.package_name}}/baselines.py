@@ -286,7 +286,6 @@ def run_baselines(
             "majority": describe_constant(task_type, task, constant),
             "linear": f"{linear_kind(task_type)} on {featurize.describe()}, fitted with the task's loss",
         },
-        "notes": _notes(task_type, datamodule),
         "feature_size": feature_size,
         "train_samples": len(batches.datasets["train"]),
     }
@@ -320,13 +319,6 @@ def describe_constant(task_type: str, task: Any, constant: torch.Tensor) -> str:
     return f"the training mean of every target ({means})"
 
 
-def _notes(task_type: str, datamodule: pl.LightningDataModule) -> list[str]:
-    if task_type == "segmentation" and len(datamodule.input_specs) > 1:
-        others = ", ".join(name for name in sorted(datamodule.input_specs) if name != "image")
-        return [f"The per-pixel baselines use the image only, not {others}."]
-    return []
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     task_type = result.get("task", "multiclass")
     metrics = list(result["baselines"]["majority"]["val"])  # error first, then the task's metrics and loss
@@ -341,7 +333,6 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"- majority: {descriptions['majority']}.",
         f"- linear: {descriptions['linear']} ({result['train_samples']} training samples).",
-        *[f"- {note}" for note in result.get("notes", [])],
         "",
         f"Best baseline on val: {best['name']} (error {format_error(best['val_error'], task_type)}). The model has "
         "to beat it; the diagnosis uses it as the reference error when no human-level error is configured.",

@@ -114,8 +114,6 @@ class Diagnosis(pl.Callback):
         sizes = {split: len(evaluation.targets) for split, evaluation in evaluations.items()}
         task_type = module.hparams.get("task") or datamodule.hparams.task
         inputs = tuple(getattr(datamodule, "inputs", None) or module.hparams.get("inputs") or ())
-        if task_type == "segmentation":
-            inputs = ("image",)  # the segmentation network reads the image alone
         report = diagnose(errors, self.tolerance, reference_source, sizes, task_type, inputs)
         report.notes.extend([*reference_notes, *(notes or [])])
         result = {**to_dict(report), "weights": source}

@@ -142,7 +142,9 @@ class DataModule(pl.LightningDataModule):
         if self.folder_layout and not (self.root / "train").is_dir():
             raise DataError(f"{self.root} has neither train.csv (a manifest) nor train/ (class folders)")
         if self.folder_layout and task not in CLASSIFICATION:
-            raise DataError(f"class folders hold multiclass or binary labels; a {task} task reads {self.root}/train.csv")
+            raise DataError(
+                f"class folders hold multiclass or binary labels; a {task} task reads {self.root}/train.csv"
+            )
         # Everything is read here, not in setup(), so the model can be built from what the data holds.
         self.inputs: dict[str, Reader] = self._input_readers()
         self.target_reader = self._target_reader()
@@ -202,7 +204,9 @@ class DataModule(pl.LightningDataModule):
             if "image" not in self.inputs:
                 raise DataError("segmentation needs images: set data.image_column (and data.mask_column)")
             return None  # the image reader reads each mask with its image
-        raise DataError(f"data.task={task!r} is not a task type (multiclass, binary, multilabel, regression, segmentation)")
+        raise DataError(
+            f"data.task={task!r} is not a task type (multiclass, binary, multilabel, regression, segmentation)"
+        )
 
     def _readers(self) -> list[Reader]:
         return [*self.inputs.values(), *([self.target_reader] if self.target_reader else [])]
@@ -252,7 +256,9 @@ class DataModule(pl.LightningDataModule):
                     raise DataError(f"no {name} split in {self.root} and data.{name}_fraction=0: nothing to {name} on")
             splits[name] = rows
         if self.hparams.train_dev_fraction > 0:
-            train, splits["train_dev"] = split_off(train, self.hparams.train_dev_fraction, self.hparams.split_seed, label)
+            train, splits["train_dev"] = split_off(
+                train, self.hparams.train_dev_fraction, self.hparams.split_seed, label
+            )
         if not train:
             raise DataError(f"the train split of {self.root} is empty after carving out val/test")
         # A seeded shuffle (the same order every run): unshuffled views of train, like `overfit_batches` or the
@@ -314,7 +320,12 @@ class DataModule(pl.LightningDataModule):
         """Rows to predict: a CSV with the input columns (no target needed), or a folder of images."""
         if path.is_file():
             hp = self.hparams
-            required = [hp.image_column, hp.sequence_column, *(hp.numeric_columns or []), *(hp.categorical_columns or [])]
+            required = [
+                hp.image_column,
+                hp.sequence_column,
+                *(hp.numeric_columns or []),
+                *(hp.categorical_columns or []),
+            ]
             rows = read_csv(path, [column for column in required if column], self.root)
         elif path.is_dir() and self.folder_layout:
             from .image import list_images
@@ -327,4 +338,3 @@ class DataModule(pl.LightningDataModule):
         for reader in self.inputs.values():
             reader.check(rows)
         return rows
-

@@ -89,7 +89,7 @@ def scan_class_folders(split_dir: Path, root: Path) -> list[Row]:
         images = list_images(split_dir / name)
         if not images:
             raise DataError(f"class folder {split_dir / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        rows.extend(Row({"image": str(path), "target": name}, path, 0, root) for path in images)
+        rows.extend(Row({"image": str(path.relative_to(root)), "target": name}, path, 0, root) for path in images)
     return rows
 
 

@@ -45,9 +45,8 @@ class ClassTarget:
         for row in rows:
             value = self._value(row)
             if value not in self._index:
-                raise DataError(
-                    f"{row.where(self.column)}: label {value!r} is not one of the classes ({', '.join(self.class_names)})"
-                )
+                classes = ", ".join(self.class_names)
+                raise DataError(f"{row.where(self.column)}: label {value!r} is not one of the classes ({classes})")
 
     def label(self, row: Row) -> int:
         """The class index (used for stratified splits and label statistics)."""
@@ -138,7 +137,9 @@ class RegressionTarget:
 
     def read(self, row: Row, train: bool) -> dict[str, Any]:
         values = torch.tensor(self._values(row), dtype=torch.float64)
-        standardized = (values - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(self.std, dtype=torch.float64)
+        standardized = (values - torch.tensor(self.mean, dtype=torch.float64)) / torch.tensor(
+            self.std, dtype=torch.float64
+        )
         return {"target": standardized.float()}
 
     @property

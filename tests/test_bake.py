@@ -65,7 +65,8 @@ SHARED_FILES: tuple[str, ...] = (
     "tests/test_fusion.py",
     "tests/test_tasks.py",
 )
-OPTION_FILES = {path for paths in [*MODALITY_FILES.values(), *TASK_FILES.values()] for path in paths}
+FUSED_FILES: tuple[str, ...] = ("tests/test_fusion_training.py",)  # projects with two or more inputs
+OPTION_FILES = {path for paths in [*MODALITY_FILES.values(), *TASK_FILES.values(), FUSED_FILES] for path in paths}
 
 
 def bake_id(overrides: dict[str, str]) -> str:
@@ -149,6 +150,8 @@ def test_only_the_chosen_options_files_are_left(project: Path) -> None:
     wanted = {*SHARED_FILES, *TASK_FILES[recorded["task_type"]]}
     for part in recorded["modality"].split("+"):
         wanted |= set(MODALITY_FILES[part])
+    if recorded["fusion"] != "none":
+        wanted |= set(FUSED_FILES)
     package = recorded["package_name"]
     missing = sorted(path for path in wanted if not (project / path.format(package=package)).is_file())
     leftover = sorted(path for path in OPTION_FILES - wanted if (project / path.format(package=package)).exists())

@@ -400,6 +400,7 @@ IMAGE_FILES = {
 TABULAR_FILES = {"src/pkg/data/tabular.py", "src/pkg/models/encoders/tabular.py", "tests/test_tabular.py"}
 SEQUENCE_FILES = {"src/pkg/data/sequence.py", "src/pkg/models/encoders/sequence.py", "tests/test_sequence.py"}
 SEGMENTATION_FILES = {"src/pkg/models/segmentation.py", "tests/test_segmentation.py"}
+FUSION_FILES = {"tests/test_fusion_training.py"}  # removed when fusion is none
 TASK_TYPES = ("multiclass", "binary", "multilabel", "regression", "segmentation")
 
 
@@ -410,13 +411,13 @@ def task_files_except(task_type: str) -> set[str]:
 @pytest.mark.parametrize(
     ("combo", "expected"),
     [
-        (("multiclass", "image", "none"), TABULAR_FILES | SEQUENCE_FILES | SEGMENTATION_FILES),
-        (("binary", "tabular", "none"), IMAGE_FILES | SEQUENCE_FILES | SEGMENTATION_FILES),
-        (("multilabel", "sequence", "none"), IMAGE_FILES | TABULAR_FILES | SEGMENTATION_FILES),
+        (("multiclass", "image", "none"), TABULAR_FILES | SEQUENCE_FILES | SEGMENTATION_FILES | FUSION_FILES),
+        (("binary", "tabular", "none"), IMAGE_FILES | SEQUENCE_FILES | SEGMENTATION_FILES | FUSION_FILES),
+        (("multilabel", "sequence", "none"), IMAGE_FILES | TABULAR_FILES | SEGMENTATION_FILES | FUSION_FILES),
         (("regression", "image+sequence", "late"), TABULAR_FILES | SEGMENTATION_FILES),
         (("regression", "tabular+sequence", "gated"), IMAGE_FILES | SEGMENTATION_FILES),
         (("binary", "image+tabular+sequence", "concat"), SEGMENTATION_FILES),
-        (("segmentation", "image", "none"), TABULAR_FILES | SEQUENCE_FILES),
+        (("segmentation", "image", "none"), TABULAR_FILES | SEQUENCE_FILES | FUSION_FILES),
     ],
 )
 def test_paths_to_remove(combo: tuple[str, str, str], expected: set[str]) -> None:

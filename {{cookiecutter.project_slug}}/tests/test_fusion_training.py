@@ -16,10 +16,7 @@ from {{ cookiecutter.package_name }}.answers import FUSION, MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data.toy import write_toy_dataset
 
-pytestmark = [
-    pytest.mark.skipif(len(MODALITIES) < 2, reason="a single-input project has nothing to fuse"),
-    *([pytest.mark.slow] if "image" in MODALITIES else []),
-]
+pytestmark = [pytest.mark.slow] if "image" in MODALITIES else []
 
 # Config overrides that remove one input from the data (and so from the model).
 WITHOUT = {

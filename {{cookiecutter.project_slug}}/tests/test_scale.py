@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CLASSES, CONFIGS, MONITOR, cli_args, toy_sizes
+from conftest import CLASSES, CONFIGS, MODE, MONITOR, cli_args, toy_sizes
 from {{ cookiecutter.package_name }}.checkpoint_io import AtomicCheckpointIO
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data.toy import write_toy_dataset
@@ -101,7 +101,10 @@ def test_sigkill_mid_epoch_resumes_from_last_without_losing_an_epoch(tiny_data: 
 def ddp_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Enough samples that two training runs can be compared: 120 for train, 30 for val (15 per rank)."""
     root = tmp_path_factory.mktemp("ddp") / "toy"
-    return write_toy_dataset(root, sizes=toy_sizes(train=120, val=30, test=6), image_size=32, classes=CLASSES)
+    # Three shapes the tiny backbone tells apart within the test's 8 epochs (a triangle and a square at 32 px take
+    # longer), so the comparison below is between two runs that both learned.
+    classes = ("circle", "cross", "square") if CLASSES else None
+    return write_toy_dataset(root, sizes=toy_sizes(train=120, val=30, test=6), image_size=32, classes=classes)
 
 
 @pytest.mark.slow
@@ -133,5 +136,7 @@ def test_ddp_on_two_processes_trains_like_one(ddp_data: Path, tmp_path: Path) ->
     summary = json.loads(newest(tmp_path / "two", "*/summary.json").read_text())
     assert summary["global_step"] == single.trainer.global_step  # the same number of optimizer steps
     two = summary["val_metrics"][f"val/{MONITOR}"]
-    assert one > 0.6 and two > 0.6, (one, two)  # both learned (chance is 1/3)
-    assert abs(one - two) <= 0.15, (one, two)
+    if CLASSES:
+        assert one > 0.6 and two > 0.6, (one, two)  # both learned (chance is 1/3)
+    scale = 1.0 if MODE == "max" else max(one, two)  # accuracy-like metrics in [0, 1]; RMSE relative
+    assert abs(one - two) <= 0.15 * scale, (one, two)

@@ -143,7 +143,7 @@ class ImageReader:
             image = row.path(self.column)
             if not image.is_file():
                 raise DataError(f"{row.where(self.column)}: image file {image} does not exist")
-            if self.mask_column:
+            if self._has_mask(row):
                 mask = row.path(self.mask_column)
                 if not mask.is_file():
                     raise DataError(f"{row.where(self.mask_column)}: mask file {mask} does not exist")
@@ -157,11 +157,15 @@ class ImageReader:
     def read(self, row: Row, train: bool) -> dict[str, Any]:
         image = load_rgb(row.path(self.column))
         transform = self.transforms[train]
-        if not self.mask_column:
+        if not self._has_mask(row):
             return {"image": transform(image)}
         mask = tv_tensors.Mask(torch.from_numpy(numpy.array(load_mask(row.path(self.mask_column)), dtype=numpy.int64)))
         image, mask = transform(image, mask)
         return {"image": image, "target": mask.as_subclass(torch.Tensor)}
+
+    def _has_mask(self, row: Row) -> bool:
+        # Training splits must have the mask column (read_csv checks); rows to predict need not.
+        return bool(self.mask_column) and self.mask_column in row.values
 
     @property
     def spec(self) -> dict[str, Any]:

@@ -120,11 +120,14 @@ def test_default_project_trains_to_its_target(cookies, monkeypatch: pytest.Monke
 @pytest.mark.slow
 @pytest.mark.parametrize("combo", valid_combinations(), ids=combo_id)
 def test_full_matrix(combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every valid combination renders, installs, writes its toy data and trains for two epochs (`make test-matrix`).
+    """Every valid combination renders, installs, passes its own fast tests, writes its toy data and trains for two
+    epochs (`make test-matrix`).
 
     A real fit, not fast_dev_run: validation runs, metrics are computed, a checkpoint and summary.json are written.
     """
     project, python, package = rendered(cookies, monkeypatch, tmp_path, **combo)
+    tests = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
+    assert " passed" in tests and "failed" not in tests
     run([str(python), "-m", package, "toy-data"], cwd=project)
     fit = ["fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml", "--trainer.max_epochs", "2"]
     output = run([str(python), "-m", package, *fit], cwd=project, env=OFFLINE)

@@ -53,6 +53,7 @@ REMOVE_WHEN: tuple[Removal, ...] = (
         _modality_lacks("image"),
         (
             "src/{package}/data/image.py",
+            "src/{package}/data/augment.py",
             "src/{package}/models/encoders/image.py",
             "tests/test_data.py",
             "tests/test_pretrained.py",

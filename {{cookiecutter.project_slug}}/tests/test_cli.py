@@ -50,6 +50,18 @@ def test_resume_from_last_continues_the_step_count(tiny_data: Path, tmp_path: Pa
     assert set(checkpoint["provenance"]) >= {"git_commit", "data_fingerprint", "template_version"}
 
 
+def test_last_checkpoint_follows_epochs_that_did_not_improve(tiny_data: Path, tmp_path: Path) -> None:
+    # Monitoring the epoch number with mode min: no epoch after the first improves, only epoch 0 is a top-k file.
+    worse_each_epoch = ["--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"]
+    fit = main(
+        cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, "--trainer.max_epochs", "3", *worse_each_epoch)
+    )
+    last = torch.load(fit.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(fit.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
+    assert (best["epoch"], best["global_step"]) == (0, 2)
+    assert (last["epoch"], last["global_step"]) == (2, 6)  # resuming from last repeats no epoch
+
+
 def run_identity(cli) -> tuple:  # noqa: ANN001
     """W&B: the run id; TensorBoard/CSV: the version folder."""
     logger = cli.trainer.logger

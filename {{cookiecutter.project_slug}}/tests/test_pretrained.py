@@ -10,10 +10,12 @@ import pytest
 import timm
 import torch
 
-from conftest import TINY_BACKBONE
+from conftest import TINY_BACKBONE, cli_args, project_datamodule, project_model
+from {{ cookiecutter.package_name }}.answers import TASK_TYPE
+from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import PretrainedWeightsError
 from {{ cookiecutter.package_name }}.models.encoders import image as image_encoder
-from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
+from {{ cookiecutter.package_name }}.models.encoders.image import BACKBONE_PREFIXES, ImageEncoder
 
 
 def test_pretrained_file_loads_the_backbone_and_drops_the_files_classifier(tmp_path: Path) -> None:
@@ -56,3 +58,42 @@ def test_offline_cache_miss_fails_with_a_message_naming_pretrained_file(tmp_path
 def test_hub_probe_gives_up_quickly_on_an_unreachable_host() -> None:
     # 192.0.2.0/24 is reserved for documentation: nothing answers there.
     assert image_encoder.hub_reachable("192.0.2.1", timeout=0.5) is False
+
+
+def test_a_checkpoint_of_this_project_pretrains_the_next_run(tiny_data: Path, tmp_path: Path) -> None:
+    """Transfer from an earlier fit: its backbone loads through pretrained_file, the head starts fresh and is sized
+    for the new run's outputs."""
+    few = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    fit = main(cli_args("fit", tiny_data, tmp_path / "runs", *few))
+    checkpoint = fit.trainer.checkpoint_callback.best_model_path
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = next(p for p in BACKBONE_PREFIXES if any(key.startswith(p) for key in saved))
+
+    data = project_datamodule(tiny_data)
+    names = list(data.class_names)
+    if TASK_TYPE in ("multiclass", "multilabel", "segmentation"):
+        names.append("new_class")  # the new run predicts one class more than the checkpoint did
+    model = project_model(data, class_names=names, pretrained=True, pretrained_file=checkpoint)
+    state = model.state_dict()
+
+    backbone = {key: value for key, value in saved.items() if key.startswith(prefix)}
+    assert backbone and all(torch.equal(state[key], value) for key, value in backbone.items())
+    head = [key for key in state if not key.startswith(prefix) and key.endswith(".weight")][-1]  # the output layer
+    if len(names) > len(data.class_names):
+        assert state[head].shape[0] == len(names) and saved[head].shape[0] == len(data.class_names)
+    else:
+        assert state[head].shape == saved[head].shape and not torch.equal(state[head], saved[head])
+
+
+def test_a_checkpoint_without_an_image_backbone_is_named(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "tabular.ckpt"
+    torch.save({"state_dict": {"network.encoders.tabular.mlp.0.weight": torch.zeros(2, 2)}}, checkpoint)
+    with pytest.raises(PretrainedWeightsError, match="tabular.ckpt.*holds no image backbone"):
+        ImageEncoder(TINY_BACKBONE, pretrained_file=str(checkpoint))
+
+
+def test_an_image_size_far_from_the_pretrained_one_is_warned_about() -> None:
+    assert image_encoder.input_size_mismatch("resnet18", None) is None  # null: the pretrained size itself
+    assert image_encoder.input_size_mismatch("resnet18", 160) is None
+    warning = image_encoder.input_size_mismatch("resnet18", 32)
+    assert warning and "224 px" in warning and "data.image_size=32" in warning

@@ -6,13 +6,20 @@
     python -m PACKAGE predict --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
     python -m PACKAGE baseline --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE diagnose --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
+    python -m PACKAGE lr-find  --config configs/default.yaml --config configs/toy.yaml [--num_training 100]
+    python -m PACKAGE repeat   --repeats 5 --config configs/default.yaml --config configs/toy.yaml
+    python -m PACKAGE cv       --folds 5   --config configs/default.yaml --config configs/toy.yaml
 
 Every run gets its own folder under `runs/` (see runs.py); `--ckpt_path last|best` finds the newest one.
+`lr-find` plots loss vs learning rate and prints the `--model.lr` to use (lr_finder.py); `repeat` and `cv` run
+`fit` once per seed / fold and report mean ± std of the optimizing metric (multirun.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import random
 import re
 import sys
 import time
@@ -21,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from . import runs
+from . import multirun, runs
+from .callbacks.checkpoint import LastEveryEpochCheckpoint
+from .callbacks.ensembles import Ensembles
 from .callbacks.prediction_writer import CSVPredictionWriter
 from .callbacks.progress import progress_bar_for
 from .checkpoint_io import AtomicCheckpointIO
@@ -39,19 +47,47 @@ from .precision import check_strategy_available, supported_precision
 from .trainer import ProjectTrainer
 
 PACKAGE = __package__
-# Commands that are not Trainer methods: name -> main(argv).
-PROJECT_COMMANDS: dict[str, Callable[[list[str]], None]] = {"toy-data": toy.main}
+# Commands that are not Trainer methods: name -> main(argv). repeat and cv run `fit` (main below) several times.
+PROJECT_COMMANDS: dict[str, Callable[[list[str]], object]] = {
+    "toy-data": toy.main,
+    "repeat": lambda argv: multirun.repeat_main(argv, fit=main),
+    "cv": lambda argv: multirun.cv_main(argv, fit=main),
+}
+# Trainer-method commands typed with a hyphen, as the other commands are: name -> method.
+HYPHENATED = {"lr-find": "lr_find"}
 
 
 class ProjectCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # ProjectTrainer's methods become subcommands like fit's; model and data come from the config, as for validate.
-        return {**LightningCLI.subcommands(), "baseline": {"model", "datamodule"}, "diagnose": {"model", "datamodule"}}
+        own = {"model", "datamodule"}
+        return {**LightningCLI.subcommands(), "baseline": own, "diagnose": own, "lr_find": own}
+
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Lightning's own `seed_everything: true` ("a random seed") seeds 0 (PL 2.6) and null is rejected: both draw
+        # a fresh seed here (parse_arguments); it is logged and saved in the run's config.yaml to repeat the run.
+        parser.add_argument(
+            "--seed_everything",
+            type=bool | int | None,
+            default=True,
+            help="An int seeds every generator (reproducible runs); null or true: a new random seed each run.",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if config.get("seed_everything") in (None, True):
+            inherited = os.environ.get("PL_GLOBAL_SEED") if os.environ.get("LOCAL_RANK", "0") != "0" else None
+            # Processes Lightning launches for DDP take rank zero's seed from the environment it set.
+            config.seed_everything = int(inherited) if inherited else random.SystemRandom().randrange(2**31)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--runs_dir", default="runs", help="Folder that holds one sub-folder per run.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastEveryEpochCheckpoint, "checkpoint")
+        # A section of its own, not trainer.callbacks entries: a second --config file replaces that whole list.
+        parser.add_class_arguments(Ensembles, "ensembles")
         # The model's task decides how targets are read, its backbone the input size and normalization; the data
         # decides the classes, the regression target scaling and the encoder sizes (features, vocabulary).
         parser.link_arguments("model.task", "data.task")
@@ -87,6 +123,9 @@ class ProjectCLI(LightningCLI):
         self._started = time.perf_counter()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        ensembles = self._get(self.config_init, "ensembles").callbacks() if self.subcommand == "fit" else []
+        if ensembles:  # EMA / SWA / snapshots join the configured callbacks
+            kwargs["callbacks"] = _as_list(self._get(self.config_init, "trainer").get("callbacks")) + ensembles
         trainer = super().instantiate_trainer(**kwargs)
         # Crash-safe checkpoint files, unless a strategy brings its own writer (DeepSpeed, sharded FSDP).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -130,6 +169,12 @@ class ProjectCLI(LightningCLI):
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "val_metrics": metrics,
+            # The optimizing metric at the kept checkpoint: what `repeat` and `cv` report over runs.
+            "optimize": {
+                "metric": f"val/{self.model.task.monitor}",
+                "mode": self.model.task.mode,
+                "value": multirun.kept_value(self.run_dir, f"val/{self.model.task.monitor}", callback, metrics),
+            },
             "monitor": getattr(callback, "monitor", None),
             "best_score": _float_or_none(getattr(callback, "best_model_score", None)),
             "best_checkpoint": getattr(callback, "best_model_path", None) or None,
@@ -170,8 +215,13 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
     if argv and argv[0] in PROJECT_COMMANDS:
         PROJECT_COMMANDS[argv[0]](argv[1:])
         return None
+    if argv and argv[0] in HYPHENATED:
+        if args is None:  # LightningCLI reads sys.argv itself (and DDP launches its processes with it)
+            sys.argv[1] = HYPHENATED[argv[0]]
+        else:
+            args = [HYPHENATED[argv[0]], *argv[1:]]
     epilog = "project commands: " + ", ".join(
-        f"{name} (python -m {PACKAGE} {name} --help)" for name in PROJECT_COMMANDS
+        f"{name} (python -m {PACKAGE} {name} --help)" for name in [*PROJECT_COMMANDS, *HYPHENATED]
     )
     try:
         cli = ProjectCLI(

@@ -59,9 +59,12 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
     image = "image" in inputs
     learned = [name for name in inputs if name in ("tabular", "sequence")]  # inputs with a sized encoder
     several = len(inputs) > 1
+    mixable = list(inputs) == ["image"] and task in ("multiclass", "binary", "multilabel")  # mixing.py
     regularizers = ["`model.weight_decay`", "`model.dropout`"]
     if task == "multiclass":
         regularizers.append("`model.label_smoothing`")
+    if mixable:
+        regularizers.append("`model.mixup_alpha` / `model.cutmix_alpha`")
     regularizers = ", ".join(regularizers)
     analysis = {
         "multiclass": "the most-confused pairs",
@@ -90,7 +93,7 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
         smaller.append("a smaller `model.hidden_dim`")
     less_regularization = f"Regularize less: lower {regularizers}"
     if image:
-        less_regularization += "; weaker augmentation (`data.augment: false`)"
+        less_regularization += "; weaker augmentation (`data.augment: light` or `none`)"
     more_data_like_val = []
     if image:
         more_data_like_val.append(
@@ -117,7 +120,8 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
         ],
         "variance": [
             "Get more training data.",
-            *(["Augment the data (`data.augment: true`)."] if image else []),
+            *(["Augment the data more (`data.augment: strong`)."] if image else []),
+            *(["Mix training images: `model.mixup_alpha` / `model.cutmix_alpha`."] if mixable else []),
             *(
                 [
                     "Drop feature columns that should not matter (ids, leaky or noisy columns) from "

@@ -1,7 +1,8 @@
 """The Trainer with the project's own commands as methods, so LightningCLI builds their parsers like fit's.
 
 LightningCLI turns a Trainer method into a subcommand (its typed arguments become flags, the first docstring
-line its help): `python -m PACKAGE baseline ...`, `python -m PACKAGE diagnose --ckpt_path best ...`.
+line its help): `python -m PACKAGE baseline ...`, `python -m PACKAGE diagnose --ckpt_path best ...`,
+`python -m PACKAGE lr-find ...` (the CLI maps the hyphenated name to `lr_find`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning import Trainer
 
-from . import baselines, runs
+from . import baselines, lr_finder, runs
 from .callbacks.diagnosis import Diagnosis, load_weights
 from .errors import ProjectError
 
@@ -68,4 +69,36 @@ class ProjectTrainer(Trainer):
         result = callback.run(self, model, datamodule, source=str(ckpt_path), notes=notes)
         for logger in self.loggers:
             logger.finalize("success")  # no fit ran, so nothing else flushes the logger's files
+        return result
+
+    def lr_find(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        min_lr: float = 1e-7,
+        max_lr: float = 1.0,
+        num_training: int = 100,
+        early_stop_threshold: float | None = 4.0,
+    ) -> dict[str, Any]:
+        """Learning-rate range test: loss vs LR plot, suggested --model.lr (the model's weights stay unchanged).
+
+        Args:
+            model: trained from its current weights for the sweep, then restored.
+            datamodule: the training data of the sweep.
+            min_lr: first learning rate of the sweep.
+            max_lr: last learning rate of the sweep (it stops earlier when the loss diverges).
+            num_training: training steps of the sweep, spread exponentially from min_lr to max_lr.
+            early_stop_threshold: stop once the smoothed loss exceeds this multiple of its best; None: never.
+        """
+        result = lr_finder.range_test(self, model, datamodule, min_lr, max_lr, num_training, early_stop_threshold)
+        image = lr_finder.plot(result)
+        plot, path = lr_finder.write(Path(self.default_root_dir), result, image)
+        lr_finder.log_to(self, result, image)
+        print(
+            f"\nLR range test: {len(result['lr'])} steps from {result['lr'][0]:.3g} to {result['lr'][-1]:.3g}; "
+            f"lowest smoothed loss at lr {result['min_loss_lr']:.3g}."
+            f"\nSuggested learning rate: {result['suggestion']:.3g} ({result['rule']})."
+            f"\nTrain with it by adding: {lr_finder.flag(result['suggestion'])}"
+            f"\nPlot: {plot}\nResult: {path}"
+        )
         return result

@@ -52,6 +52,30 @@ def split_off(
     return keep, [row for i, row in enumerate(rows) if i in held_out]
 
 
+def fold_split(
+    rows: list[Row], num_folds: int, fold: int, seed: int, label: Callable[[Row], int] | None = None
+) -> tuple[list[Row], list[Row]]:
+    """(the other folds, fold `fold`) of a seeded k-fold partition: the folds are disjoint and cover the rows.
+
+    Per class when `label` is given: each class is shuffled and dealt round-robin over the folds, continuing where
+    the previous class stopped, so every fold keeps the class proportions and fold sizes differ by at most one.
+    The partition depends on the seed only, never on `fold`. Both parts keep the input order."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[label(row) if label else 0].append(i)
+    rng = random.Random(seed)
+    fold_of: dict[int, int] = {}
+    dealt = 0
+    for key in sorted(groups):
+        indices = groups[key]
+        rng.shuffle(indices)
+        for j, index in enumerate(indices):
+            fold_of[index] = (dealt + j) % num_folds
+        dealt += len(indices)
+    rest = [row for i, row in enumerate(rows) if fold_of[i] != fold]
+    return rest, [row for i, row in enumerate(rows) if fold_of[i] == fold]
+
+
 def default_num_workers() -> int:
     """One core stays with the training loop; more than 8 workers rarely helps decoding."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -98,12 +122,20 @@ class DataModule(pl.LightningDataModule):
         val_fraction: share of train moved to val when there is no val split.
         test_fraction: share of train moved to test when there is no test split.
         split_seed: seed of those splits (fixed, so the splits never change between runs).
+        num_folds: k-fold cross-validation (the `cv` command sets it): all non-test rows (train + val) are dealt
+            into this many seeded folds, stratified for multiclass / binary; None: the usual val split.
+        fold: which fold (0 .. num_folds - 1) is the val split; the other folds train. The test split is unchanged.
         train_dev_fraction: share of train held out as `train_dev`: same distribution as train, never trained on;
             the diagnosis compares it with val to tell over-fitting from data mismatch.
-        augment: random resized crop + horizontal flip on the training images.
+        augment: training-image augmentation preset: none | light | strong (data/augment.py); true / false mean
+            light / none. Val, test and predict are never augmented.
+        image_size_schedule: progressive resizing, e.g. {0: 64, 5: 128}: the training image side from each
+            listed epoch on (at most image_size, which val/test keep); None: image_size throughout.
         predict_path: what `predict` reads: a CSV with the input columns, or (image classification) a folder of
             images in any layout; None predicts the test split.
     """
+
+    size_schedule: Any = None  # progressive resizing (augment.SizeSchedule), set from image_size_schedule
 
     def __init__(
         self,
@@ -125,8 +157,11 @@ class DataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         split_seed: int = 0,
+        num_folds: int | None = None,
+        fold: int = 0,
         train_dev_fraction: float = 0.0,
-        augment: bool = True,
+        augment: bool | str = "light",
+        image_size_schedule: dict[int, int] | None = None,
         predict_path: str | None = None,
     ):
         super().__init__()
@@ -136,6 +171,11 @@ class DataModule(pl.LightningDataModule):
             raise DataError(
                 f"data.root={root!r} does not exist (relative to {Path.cwd()}); "
                 f"write the toy dataset with `python -m {PACKAGE} toy-data` or point data.root at your data"
+            )
+        if num_folds is not None and (num_folds < 2 or not 0 <= fold < num_folds):
+            raise DataError(
+                f"data.num_folds={num_folds}, data.fold={fold}: num_folds must be >= 2 (or null: no folds) "
+                "and fold in 0 .. num_folds - 1"
             )
         self.target_columns = list(target_columns or ["target"])
         self.folder_layout = not (self.root / "train.csv").is_file()
@@ -175,6 +215,10 @@ class DataModule(pl.LightningDataModule):
             self.data_config = ImageDataConfig.for_backbone(hp.backbone, hp.image_size)
             mask = hp.mask_column if hp.task == "segmentation" else None
             readers["image"] = ImageReader(self.data_config, hp.image_column or "image", mask, hp.augment)
+            if hp.image_size_schedule:
+                from .augment import SizeSchedule
+
+                self.size_schedule = SizeSchedule(hp.image_size_schedule, self.data_config.image_size)
         if hp.numeric_columns or hp.categorical_columns:
             from .tabular import TabularReader
 
@@ -183,6 +227,8 @@ class DataModule(pl.LightningDataModule):
             from .sequence import SequenceReader
 
             readers["sequence"] = SequenceReader(hp.sequence_column, hp.sequence_kind, hp.max_length)
+        if hp.image_size_schedule and "image" not in readers:
+            raise DataError("data.image_size_schedule resizes training images, but this data has no image input")
         if not readers:
             raise DataError(
                 "no input configured: set data.image_column, data.numeric_columns / data.categorical_columns "
@@ -249,7 +295,13 @@ class DataModule(pl.LightningDataModule):
         splits: dict[str, list[Row]] = {}
         for name in ("test", "val"):
             rows = self._read_split(name)
-            if rows is None:
+            if name == "val" and self.hparams.num_folds:
+                # Cross-validation: one fold of all non-test rows (train and any val split) validates.
+                hp = self.hparams
+                train, rows = fold_split(train + (rows or []), hp.num_folds, hp.fold, hp.split_seed, label)
+                if not rows or not train:
+                    raise DataError(f"data.num_folds={hp.num_folds} is more than the {len(train + rows)} non-test rows")
+            elif rows is None:
                 fraction = getattr(self.hparams, f"{name}_fraction")
                 train, rows = split_off(train, fraction, self.hparams.split_seed, label)
                 if not rows:
@@ -304,6 +356,12 @@ class DataModule(pl.LightningDataModule):
         dataset = self.dataset("train")
         # A last batch of one sample breaks BatchNorm; drop the remainder when there is more than one batch.
         return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.hparams.batch_size)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        # Progressive resizing: each training batch at its epoch's size, resized on the device (data/augment.py).
+        if self.size_schedule is not None and self.trainer is not None and self.trainer.training:
+            return self.size_schedule.resize(batch, self.trainer.current_epoch)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"))

@@ -20,6 +20,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from ..errors import DataError
+from .augment import random_ops, resolve_preset
 from .table import Row
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -43,24 +44,18 @@ class ImageDataConfig:
         interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
         return cls(size, tuple(cfg.mean), tuple(cfg.std), interpolation)
 
-    def transform(self, train: bool, augment: bool = True) -> T.Compose:
-        """Train: random resized crop + horizontal flip (when `augment`); eval: resize + center crop."""
+    def transform(self, train: bool, augment: str | bool = "light", masks: bool = False) -> T.Compose:
+        """Train: the `augment` preset's random ops (data/augment.py; `masks`: keep segmentation masks aligned);
+        eval, and train with augment none: resize + center crop."""
         interpolation = InterpolationMode(self.interpolation)
-        if train and augment:
-            geometry = [
-                T.RandomResizedCrop(self.image_size, scale=(0.6, 1.0), interpolation=interpolation, antialias=True),
-                T.RandomHorizontalFlip(),
-            ]
-        else:
-            # Resize the short side then crop the centre: no crop_pct margin, so nothing at the borders of a
-            # user's image is cut off at evaluation.
-            geometry = [
-                T.Resize(self.image_size, interpolation=interpolation, antialias=True),
-                T.CenterCrop(self.image_size),
-            ]
-        return T.Compose(
-            [T.ToImage(), *geometry, T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)]
-        )
+        ops = random_ops(resolve_preset(augment), self.image_size, self.mean, interpolation, masks) if train else []
+        # No augmentation: resize the short side then crop the centre. No crop_pct margin, so nothing at the
+        # borders of a user's image is cut off at evaluation.
+        ops = ops or [
+            T.Resize(self.image_size, interpolation=interpolation, antialias=True),
+            T.CenterCrop(self.image_size),
+        ]
+        return T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -128,12 +123,21 @@ class ImageReader:
     resizes masks with nearest-neighbour interpolation and leaves their values unnormalized).
     """
 
-    def __init__(self, config: ImageDataConfig, column: str = "image", mask_column: str | None = None, augment=True):
+    def __init__(
+        self,
+        config: ImageDataConfig,
+        column: str = "image",
+        mask_column: str | None = None,
+        augment: str | bool = "light",
+    ):
         self.config = config
         self.column = column
         self.mask_column = mask_column
-        self.augment = augment
-        self.transforms = {train: config.transform(train=train, augment=augment) for train in (True, False)}
+        self.augment = resolve_preset(augment)
+        self.transforms = {
+            train: config.transform(train=train, augment=self.augment, masks=bool(mask_column))
+            for train in (True, False)
+        }
 
     def fit(self, rows: list[Row]) -> None:
         """Nothing to learn: normalization comes from the backbone's pretrained config."""

@@ -183,6 +183,13 @@ class _Toy:
                 self.task == "segmentation" and modality == "image"
             )
             latents[modality] = rng.sample(range(self.k), rng.randint(1, 2) if several else 1)
+        if self.task in ("multiclass", "binary"):
+            # Class `index % k`, so every split holds every class equally often (a small test split of random
+            # labels can miss one): the last input's latent completes the sum. The target still depends on every
+            # input, and each input's latent is still uniform on its own.
+            last = self.modalities[-1]
+            others = sum(z[0] for modality, z in latents.items() if modality != last)
+            latents[last] = [(index % self.k - others) % self.k]
         row, mask_values = {}, None
         if self.task in ("multiclass", "binary"):
             row["target"] = self.classes[sum(z[0] for z in latents.values()) % self.k]

@@ -37,6 +37,8 @@ class Task(Protocol):
     def activation(self, outputs: torch.Tensor) -> torch.Tensor: ...
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]: ...
 
+    # Classification tasks add soft_loss(outputs, soft_target), the loss of mixup / cutmix targets (mixing.py).
+
 
 def build_task(name: str, class_names: list[str], **options: Any) -> Task:
     """The task `name` (a key of TASK_CLASSES) for these classes.

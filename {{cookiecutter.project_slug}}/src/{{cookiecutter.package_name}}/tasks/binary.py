@@ -47,6 +47,10 @@ class BinaryTask:
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, target).mean()
 
+    def soft_loss(self, outputs: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy against P(positive) in [0, 1] per sample (mixup / cutmix targets)."""
+        return self.per_sample_loss(outputs, soft_target.reshape(len(outputs))).mean()
+
     def metrics(self) -> MetricCollection:
         return MetricCollection({"acc": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()})
 

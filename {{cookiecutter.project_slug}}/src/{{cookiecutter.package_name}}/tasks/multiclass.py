@@ -32,6 +32,10 @@ class MulticlassTask:
     def per_sample_loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, target, label_smoothing=self.label_smoothing, reduction="none")
 
+    def soft_loss(self, outputs: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with class probabilities [B, C] as targets (mixup / cutmix, already smoothed)."""
+        return F.cross_entropy(outputs, soft_target.to(outputs.dtype))
+
     def metrics(self) -> MetricCollection:
         # micro accuracy is the usual "fraction correct"; torchmetrics' default would be macro.
         return MetricCollection(

@@ -49,6 +49,10 @@ class MultilabelTask:
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_sample_loss(outputs, target).mean()
 
+    def soft_loss(self, outputs: torch.Tensor, soft_target: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy against a probability in [0, 1] per label (mixup / cutmix targets)."""
+        return self.per_sample_loss(outputs, soft_target).mean()
+
     def metrics(self) -> MetricCollection:
         # torchmetrics' multilabel metrics need at least 2 labels; one label is the binary case.
         if self.num_labels == 1:

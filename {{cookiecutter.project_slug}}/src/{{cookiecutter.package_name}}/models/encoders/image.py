@@ -33,13 +33,36 @@ def _weights_hint(backbone: str) -> str:
     )
 
 
+# Where the backbone sits in a project checkpoint: classifiers and fused models, then segmentation networks.
+BACKBONE_PREFIXES = ("network.encoders.image.backbone.", "network.backbone.")
+
+
+def backbone_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The backbone's state dict from a checkpoint this project wrote (`fit` on another dataset).
+
+    The head, decoder and other encoders stay behind, so the new run gets a fresh head for its own classes.
+    """
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True).get("state_dict", {})
+    except Exception as error:  # a truncated or foreign file: name it instead of a pickle traceback
+        message = f"model.pretrained_file={str(checkpoint)!r} is not a readable checkpoint: {error}"
+        raise PretrainedWeightsError(message) from None
+    for prefix in BACKBONE_PREFIXES:
+        weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        if weights:
+            return weights
+    prefixes = " or ".join(BACKBONE_PREFIXES)
+    raise PretrainedWeightsError(f"model.pretrained_file={str(checkpoint)!r} holds no image backbone (no {prefixes}*)")
+
+
 def create_backbone(
     backbone: str, pretrained: bool = False, pretrained_file: str | None = None, **timm_kwargs: Any
 ) -> nn.Module:
     """A timm model without its classifier (`num_classes=0`): forward gives pooled features [B, D].
 
     `pretrained_file` goes through timm's own loading (`pretrained_cfg_overlay=dict(file=...)`), so the
-    classifier of the file is dropped and the first conv is adapted exactly as for hub weights.
+    classifier of the file is dropped and the first conv is adapted exactly as for hub weights. A `.ckpt` of this
+    project contributes its backbone only (`backbone_weights`).
     `timm_kwargs` go to `timm.create_model` as well, e.g. `features_only=True, out_indices=(1, 2, 3, 4)` for a
     feature pyramid (a list of [B, C_i, H/r_i, W/r_i] maps, see `model.feature_info`).
     """
@@ -50,8 +73,11 @@ def create_backbone(
         path = Path(pretrained_file)
         if not path.is_file():
             raise PretrainedWeightsError(f"model.pretrained_file={pretrained_file!r} does not exist")
+        # A checkpoint of this project (fit on another dataset) hands timm its backbone's weights; any other file
+        # (timm/hub .safetensors or .pth) is timm's to read.
+        source = {"state_dict": backbone_weights(path)} if path.suffix == ".ckpt" else {"file": str(path)}
         try:
-            return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            return timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=source, **kwargs)
         except (RuntimeError, KeyError, ValueError, OSError) as error:
             raise PretrainedWeightsError(
                 f"model.pretrained_file={pretrained_file!r} does not fit {backbone!r}: {error}"
@@ -67,6 +93,21 @@ def create_backbone(
         raise PretrainedWeightsError(
             f"could not load pretrained weights for {backbone!r} ({error}); {_weights_hint(backbone)}"
         ) from error
+
+
+def input_size_mismatch(backbone: str, image_size: int | None) -> str | None:
+    """A warning when `image_size` is far (2x or more) from the size the backbone's weights were trained at."""
+    cfg = timm.get_pretrained_cfg(backbone)
+    if image_size is None or cfg is None:
+        return None
+    trained_at = cfg.input_size[-1]
+    if trained_at / 2 < image_size < trained_at * 2:
+        return None
+    return (
+        f"model.backbone={backbone!r} was pretrained on {trained_at} px images but data.image_size={image_size}: "
+        f"pretrained features transfer poorly that far from their scale; use an image_size near {trained_at} "
+        "(normalization already follows the backbone), or pretrained: false"
+    )
 
 
 class ImageEncoder(nn.Module):

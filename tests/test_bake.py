@@ -33,6 +33,7 @@ LEFTOVER_JINJA = re.compile(r"\{\{|\{%|\{#")
 MODALITY_FILES: dict[str, tuple[str, ...]] = {
     "image": (
         "src/{package}/data/image.py",
+        "src/{package}/data/augment.py",
         "src/{package}/models/encoders/image.py",
         "tests/test_data.py",
         "tests/test_pretrained.py",

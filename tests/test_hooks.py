@@ -393,6 +393,7 @@ def test_removal_table_names_known_variables() -> None:
 # The files each option brings, written out here rather than read back from the table under test.
 IMAGE_FILES = {
     "src/pkg/data/image.py",
+    "src/pkg/data/augment.py",
     "src/pkg/models/encoders/image.py",
     "tests/test_data.py",
     "tests/test_pretrained.py",

@@ -121,6 +121,7 @@ def main() -> None:
                     runs = tmp_path / f"runs-{name.split()[0]}-{seed}"
                     results[name].append(fit(project, runs, target, args.epochs, seed, *extra))
         load_after = load_1min()
+        machine = machine_description(project.python)  # before the temporary folder (and its venv) goes
 
     rows, details = [], []
     for name, runs in results.items():
@@ -169,8 +170,8 @@ def main() -> None:
         *details,
     ]
     conditions = [f"1-minute load {load_before} before measuring, {load_after:.2f} after; {other.line()}"]
-    write_results("transfer", "Transfer learning: scratch vs. a pretrained backbone", table, method, conditions,
-                  machine_description(project.python))  # fmt: skip
+    title = "Transfer learning: scratch vs. a pretrained backbone"
+    write_results("transfer", title, table, method, conditions, machine)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections import defaultdict
@@ -40,16 +41,29 @@ def split_off(
     groups: dict[int, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         groups[label(row) if label else 0].append(i)
+    counts = _stratified_counts({key: len(indices) for key, indices in groups.items()}, fraction)
     rng = random.Random(seed)
     held_out: set[int] = set()
     for key in sorted(groups):
         indices = groups[key]
         rng.shuffle(indices)
-        n = round(len(indices) * fraction)
-        n = max(n, 1) if len(indices) >= 2 and fraction > 0 else n
-        held_out.update(indices[:n])
+        held_out.update(indices[: counts[key]])
     keep = [row for i, row in enumerate(rows) if i not in held_out]
     return keep, [row for i, row in enumerate(rows) if i in held_out]
+
+
+def _stratified_counts(sizes: dict[int, int], fraction: float) -> dict[int, int]:
+    """Per-class counts that add up to round(total * fraction): floors first, then the largest remainders (rounding
+    each class on its own can miss the total by up to one sample per class). A class of two or more gets at least
+    one, so every class is seen in the held-out split."""
+    exact = {key: size * fraction for key, size in sizes.items()}
+    counts = {key: math.floor(value) for key, value in exact.items()}
+    missing = round(sum(sizes.values()) * fraction) - sum(counts.values())
+    for key in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: max(0, missing)]:
+        counts[key] += 1
+    if fraction > 0:
+        counts = {key: max(count, 1) if sizes[key] >= 2 else count for key, count in counts.items()}
+    return counts
 
 
 def fold_split(

@@ -34,7 +34,8 @@ def test_output_shape_matches_the_task(model_and_batch: tuple[Model, dict]) -> N
 @pytest.mark.skipif(MODALITIES != ("image",) or TASK_TYPE == "segmentation", reason="image classifier backbones")
 @pytest.mark.parametrize("backbone", [TINY_BACKBONE, "mobilenetv3_small_050"])
 def test_output_shape_with_asymmetric_input(backbone: str) -> None:
-    model = Model(task=TASK_TYPE, class_names=["a", "b", "c"], backbone=backbone, pretrained=False)
+    names = ["a", "b"] if TASK_TYPE == "binary" else ["a", "b", "c"]  # binary: exactly two classes
+    model = Model(task=TASK_TYPE, class_names=names, backbone=backbone, pretrained=False)
     # Height != width, so swapped axes anywhere in the network would show up as a wrong shape or an error.
     outputs = model({"image": torch.randn(2, 3, 32, 48)})
     assert outputs.shape == (2, model.task.num_outputs)

@@ -17,27 +17,11 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from .evaluation import Accumulator, eval_dataset, eval_loader
 
-# Keeps log(p) and logit(p) finite where a probability is exactly 0 or 1.
-EPS = 1e-7
-
 
 def outputs_from_activations(task: Any, activated: torch.Tensor) -> torch.Tensor:
-    """Raw outputs whose `task.activation` is `activated` (e.g. averaged probabilities), for the task's metrics.
-
-    softmax(log p) = p when p sums to 1 over the classes; sigmoid(logit p) = p; regression undoes the
-    target-unit scaling. The argmax, thresholds and rankings the metrics use are therefore those of `activated`.
-    """
-    activated = activated.float()
-    kind = type(task).__name__
-    if kind in ("MulticlassTask", "SegmentationTask"):  # softmax over dim 1 (classes)
-        return activated.clamp_min(EPS).log()
-    if kind in ("BinaryTask", "MultilabelTask"):  # a sigmoid per output
-        return torch.logit(activated, eps=EPS)
-    if kind == "RegressionTask":  # activation = outputs * std + mean
-        std = torch.tensor(task.std, dtype=activated.dtype, device=activated.device)
-        mean = torch.tensor(task.mean, dtype=activated.dtype, device=activated.device)
-        return (activated - mean) / std
-    raise TypeError(f"{kind}: no inverse of its activation in ensembles.outputs_from_activations; add one there")
+    """Raw outputs whose `task.activation` is `activated` (e.g. averaged probabilities), for the task's metrics:
+    the argmax, thresholds and rankings the metrics use are those of `activated` (each task's inverse_activation)."""
+    return task.inverse_activation(activated.float())
 
 
 @torch.no_grad()

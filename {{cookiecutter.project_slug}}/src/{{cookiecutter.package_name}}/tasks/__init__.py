@@ -22,6 +22,10 @@ TASK_CLASSES = {
 }
 
 
+# Keeps log(p) and logit(p) finite where a probability is exactly 0 or 1 (inverse_activation).
+PROBABILITY_EPS = 1e-7
+
+
 class Task(Protocol):
     class_names: list[str]  # classes / labels / target names, in output order
     num_outputs: int  # width of the network's output
@@ -35,6 +39,8 @@ class Task(Protocol):
     def metric_inputs(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def error(self, outputs: torch.Tensor, target: torch.Tensor) -> float: ...
     def activation(self, outputs: torch.Tensor) -> torch.Tensor: ...
+    # Raw outputs whose activation is `activated` (e.g. averaged probabilities), scored like a model's outputs.
+    def inverse_activation(self, activated: torch.Tensor) -> torch.Tensor: ...
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]: ...
 
     # Classification tasks add soft_loss(outputs, soft_target), the loss of mixup / cutmix targets (mixing.py).

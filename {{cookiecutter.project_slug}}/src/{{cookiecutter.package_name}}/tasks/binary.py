@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
+from . import PROBABILITY_EPS
+
 
 class BinaryTask:
     monitor = "auroc"
@@ -63,6 +65,9 @@ class BinaryTask:
 
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.sigmoid()
+
+    def inverse_activation(self, activated: torch.Tensor) -> torch.Tensor:
+        return torch.logit(activated, eps=PROBABILITY_EPS)
 
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
         """One CSV row per sample: predicted class, P(positive class), and the probability of the prediction."""

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from . import PROBABILITY_EPS
+
 
 class MulticlassTask:
     monitor = "acc"
@@ -54,6 +56,9 @@ class MulticlassTask:
 
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.softmax(dim=-1)
+
+    def inverse_activation(self, activated: torch.Tensor) -> torch.Tensor:
+        return activated.clamp_min(PROBABILITY_EPS).log()  # softmax(log p) = p when p sums to 1 over classes
 
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
         """One CSV row per sample: predicted class, its probability, and every class's probability."""

@@ -18,6 +18,8 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from . import PROBABILITY_EPS
+
 
 class MultilabelTask:
     monitor = "map"
@@ -76,6 +78,9 @@ class MultilabelTask:
 
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.sigmoid()
+
+    def inverse_activation(self, activated: torch.Tensor) -> torch.Tensor:
+        return torch.logit(activated, eps=PROBABILITY_EPS)
 
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
         """One CSV row per sample: the predicted labels joined by "|" ("" for none), and every label's probability."""

@@ -65,9 +65,15 @@ class RegressionTask:
             }
         )
 
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The train mean and std of every target, as tensors of `like`'s dtype and device."""
+        return (
+            torch.tensor(self.mean, dtype=like.dtype, device=like.device),
+            torch.tensor(self.std, dtype=like.dtype, device=like.device),
+        )
+
     def _unstandardize(self, values: torch.Tensor) -> torch.Tensor:
-        std = torch.tensor(self.std, dtype=values.dtype, device=values.device)
-        mean = torch.tensor(self.mean, dtype=values.dtype, device=values.device)
+        mean, std = self._stats(values)
         return values * std + mean
 
     def metric_inputs(self, outputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +90,10 @@ class RegressionTask:
 
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return self._unstandardize(outputs)
+
+    def inverse_activation(self, activated: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(activated)
+        return (activated - mean) / std
 
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
         """One CSV row per sample: every output in target units (7 significant digits, float32's precision)."""

@@ -20,6 +20,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ..errors import DataError
+from . import PROBABILITY_EPS
 
 
 class SegmentationTask:
@@ -100,6 +101,9 @@ class SegmentationTask:
 
     def activation(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.softmax(dim=1)
+
+    def inverse_activation(self, activated: torch.Tensor) -> torch.Tensor:
+        return activated.clamp_min(PROBABILITY_EPS).log()  # softmax(log p) = p when p sums to 1 over classes
 
     def prediction_rows(self, activated: torch.Tensor) -> list[dict[str, object]]:
         """One CSV row per image: the fraction of its pixels predicted as each class, and the mean max probability."""

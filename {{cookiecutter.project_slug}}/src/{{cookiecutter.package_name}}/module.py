@@ -127,6 +127,7 @@ class Model(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tta"])
+        inputs = inputs or {"image": {}}  # filled in from the data by the CLI; an image classifier when built bare
         self.tta = check_tta(tta, inputs)
         self.task = build_task(
             task,
@@ -137,9 +138,9 @@ class Model(pl.LightningModule):
             loss=regression_loss,
             dice_weight=dice_weight,
         )
-        self.network = self._build_network(inputs or {"image": {}})
+        self.network = self._build_network(inputs)
         self.mixing = build_mixing(
-            task, self.task.num_outputs, inputs or {"image": {}}, mixup_alpha, cutmix_alpha, mixup_prob,
+            task, self.task.num_outputs, inputs, mixup_alpha, cutmix_alpha, mixup_prob,
             mixup_off_epoch, label_smoothing,
         )  # fmt: skip
         self.lr_schedule = Schedule(  # checks the schedule's values now, not when training starts

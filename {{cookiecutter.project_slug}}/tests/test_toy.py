@@ -115,8 +115,11 @@ def test_one_input_decides_alone_several_inputs_only_together(task: str, tmp_pat
     targets = [row["target"] for row in rows]
     both = list(zip(tab, seq, strict=True))
     assert best_lookup_accuracy(both, targets) == 1.0  # both inputs: the target is determined
-    for single in (tab, seq, [row["colour"] for row in rows]):
-        assert best_lookup_accuracy(single, targets) < 1 / k + 0.2  # any one input: close to chance
+    for single in (tab, seq):
+        # Any one input leaves a clear share of rows wrong, yet moves the target on its own (an encoder learns
+        # from that signal; a target no single input predicts at all, like (sum mod k), left the fused model at chance).
+        assert 1 / k + 0.1 < best_lookup_accuracy(single, targets) < 0.9
+    assert best_lookup_accuracy([row["colour"] for row in rows], targets) < 1 / k + 0.1  # the colour alone: chance
 
 
 def test_regression_target_sums_the_inputs(tmp_path: Path) -> None:

@@ -18,9 +18,12 @@ How the signal is planted: every sample draws one latent per input, and each inp
                 (regression: x0 itself; target_2: the colour)
     sequence    which keyword the sentence holds (regression: an intensity word; target_2: the sentence length)
 With one input the target is that latent (a class, the labels present, a value), learnable to near-perfect
-accuracy. With several, it needs all of them: multiclass and binary take (sum of latents) mod C, multilabel the
-union of every input's labels, regression the sum of every input's contribution, segmentation the shape's class
-shifted by the other inputs' latents. A model that sees one input stays near chance, so fusion has to work.
+accuracy. With several, it needs all of them: multiclass and binary cut the sum of the latents into C bins of about
+equal size, multilabel takes the union of every input's labels, regression the sum of every input's contribution,
+segmentation the shape's class shifted by the other inputs' latents. A model that sees one input is left well short
+(the best single input reaches about 50% accuracy for 4 classes, 83% AUROC for binary), so fusion has to work.
+Why a binned sum and not (sum mod C): each input's latent must move the target on its own, or gradient descent gets no
+signal to teach an encoder what to extract, and the fused model memorizes noise instead (it did, at chance on val).
 Each split has its own seeded generator: the same seed writes byte-identical files.
 """
 
@@ -31,6 +34,8 @@ import csv
 import random
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import product
 from pathlib import Path
 
 from ..answers import MODALITIES, TASK_TYPE
@@ -176,23 +181,39 @@ class _Toy:
     def row(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
         return self._regression(split, index, rng) if self.task == "regression" else self._discrete(split, index, rng)
 
+    @cached_property
+    def latents_by_class(self) -> list[list[tuple[int, ...]]]:
+        """Classification: class -> every combination of latents (one per input) whose sum falls in its bin.
+
+        The bins cut the sums, in order, into `k` runs holding about equally many combinations (a sum's bin is
+        where the middle of its run falls); with one input each class is its own latent.
+        """
+        by_sum: dict[int, list[tuple[int, ...]]] = {}
+        for combination in product(range(self.k), repeat=len(self.modalities)):
+            by_sum.setdefault(sum(combination), []).append(combination)
+        by_class: list[list[tuple[int, ...]]] = [[] for _ in range(self.k)]
+        before, total = 0, self.k ** len(self.modalities)
+        for _, run in sorted(by_sum.items()):
+            by_class[min(self.k - 1, int((before + len(run) / 2) * self.k / total))] += run
+            before += len(run)
+        return by_class
+
     def _discrete(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
         latents = {}  # modality -> the latent values it shows (an image or sentence may show two)
-        for modality in self.modalities:
-            several = (self.task == "multilabel" and modality != "tabular") or (
-                self.task == "segmentation" and modality == "image"
-            )
-            latents[modality] = rng.sample(range(self.k), rng.randint(1, 2) if several else 1)
         if self.task in ("multiclass", "binary"):
             # Class `index % k`, so every split holds every class equally often (a small test split of random
-            # labels can miss one): the last input's latent completes the sum. The target still depends on every
-            # input, and each input's latent is still uniform on its own.
-            last = self.modalities[-1]
-            others = sum(z[0] for modality, z in latents.items() if modality != last)
-            latents[last] = [(index % self.k - others) % self.k]
+            # labels can miss one); then any combination of latents that lands in that class's bin.
+            combination = rng.choice(self.latents_by_class[index % self.k])
+            latents = {modality: [z] for modality, z in zip(self.modalities, combination, strict=True)}
+        else:
+            for modality in self.modalities:
+                several = (self.task == "multilabel" and modality != "tabular") or (
+                    self.task == "segmentation" and modality == "image"
+                )
+                latents[modality] = rng.sample(range(self.k), rng.randint(1, 2) if several else 1)
         row, mask_values = {}, None
         if self.task in ("multiclass", "binary"):
-            row["target"] = self.classes[sum(z[0] for z in latents.values()) % self.k]
+            row["target"] = self.classes[index % self.k]
         elif self.task == "multilabel":
             present = set().union(*latents.values())
             row["target"] = " ".join("1" if label in present else "0" for label in range(self.k))

@@ -322,23 +322,34 @@ def analyze(
     return analysis, "\n".join(lines) + "\n", images
 
 
-def worst_examples_image(
+def example_tiles(
     task_type: str, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, examples: list[dict[str, Any]]
-) -> Image.Image:
-    """The examples' images as the model saw them; segmentation: image, true mask, predicted mask side by side."""
+) -> list[list[Image.Image]]:
+    """Per example, what the model saw: [image], or for segmentation [image, true mask, predicted mask]."""
     dataset = eval_dataset(datamodule, evaluation.split)
     position = {row.id: i for i, row in enumerate(dataset.rows)}
     index = {sample: i for i, sample in enumerate(evaluation.ids)}
     config = datamodule.data_config
-    tiles, captions = [], []
+    tiles = []
     for example in examples:
         item = dataset[position[example["id"]]]
-        tiles.append(denormalize(item["image"], config.mean, config.std))
+        tiles.append([denormalize(item["image"], config.mean, config.std)])
         if task_type == "segmentation":
-            tiles += [mask_image(item["target"]), mask_image(evaluation.outputs[index[example["id"]]])]
+            tiles[-1] += [mask_image(item["target"]), mask_image(evaluation.outputs[index[example["id"]]])]
+    return tiles
+
+
+def worst_examples_image(
+    task_type: str, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, examples: list[dict[str, Any]]
+) -> Image.Image:
+    """The examples' images as the model saw them; segmentation: image, true mask, predicted mask side by side."""
+    captions = []
+    for example in examples:
+        if task_type == "segmentation":
             captions += [f"loss {example['loss']:.3f}", "true", f"pred {example['pixel_error']:.0%} wrong"]
         elif "confidence" in example:
             captions.append(f"true {example['true']}\npred {example['predicted']} {example['confidence']:.2f}")
         else:
             captions.append(f"true {example['true']}\npred {example['predicted']}")
+    tiles = [tile for row in example_tiles(task_type, datamodule, evaluation, examples) for tile in row]
     return image_grid(tiles, captions, columns=6 if task_type == "segmentation" else 4)

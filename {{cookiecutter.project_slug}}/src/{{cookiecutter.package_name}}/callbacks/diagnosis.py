@@ -24,9 +24,9 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from .. import baselines
 from ..diagnosis import Diagnosis as Report
 from ..diagnosis import SplitErrors, diagnose, title, to_dict, to_markdown
-from ..error_analysis import analyze
+from ..error_analysis import analyze, example_tiles
 from ..errors import ProjectError
-from ..evaluation import evaluate_split
+from ..evaluation import SplitEvaluation, evaluate_split
 
 SPLITS = ("train", "train_dev", "val", "test")
 
@@ -128,6 +128,7 @@ class Diagnosis(pl.Callback):
         print(f"\nDiagnosis ({source}): {title(report)}\n\n{to_markdown(report)}")
         print(f"Diagnosis written to {run_dir / 'diagnosis.md'}")
         self.log_to(trainer, report, markdown, images)
+        log_examples_table(trainer, task_type, datamodule, evaluations["val"], analysis["worst_examples"])
         return result
 
     def reference(self, runs_dir: Path) -> tuple[float, str, list[str]]:
@@ -161,6 +162,36 @@ class Diagnosis(pl.Callback):
                 for name, image in images.items():
                     pixels = numpy.asarray(image)  # [H, W, 3] uint8
                     logger.experiment.add_image(f"diagnosis/{name}", pixels, trainer.global_step, dataformats="HWC")
+
+
+EXAMPLE_COLUMNS = ("id", "inputs", "true", "predicted", "confidence", "pixel_error", "loss")
+
+
+def log_examples_table(
+    trainer: pl.Trainer,
+    task_type: str,
+    datamodule: pl.LightningDataModule,
+    evaluation: SplitEvaluation,
+    examples: list[dict[str, Any]],
+) -> None:
+    """W&B: the worst examples as a table to sort and filter (the input as an image, or the row's cells; truth,
+    prediction, confidence, loss). Other loggers have the same rows in diagnosis.md."""
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not loggers or not examples:
+        return
+    import wandb
+
+    columns = [key for key in EXAMPLE_COLUMNS if key in examples[0]]
+    pictures: list[str] = []
+    if "image" in getattr(datamodule, "inputs", {}):
+        pictures = ["image", "true mask", "predicted mask"] if task_type == "segmentation" else ["image"]
+        tiles = example_tiles(task_type, datamodule, evaluation, examples)
+    rows = [
+        [*(wandb.Image(tile) for tile in (tiles[i] if pictures else [])), *(example[key] for key in columns)]
+        for i, example in enumerate(examples)
+    ]
+    for logger in loggers:
+        logger.log_table(key=f"diagnosis/worst_{evaluation.split}_examples", columns=[*pictures, *columns], data=rows)
 
 
 @contextmanager

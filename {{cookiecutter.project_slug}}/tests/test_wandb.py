@@ -1,0 +1,67 @@
+"""What a W&B run holds after `fit` (offline, no server): the whole config with provenance, the media, and the
+checkpoints as artifacts when `log_model` is on. CSV keeps the same config in hparams.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from wandb.sdk.wandb_run import Run
+
+from conftest import cli_args
+from {{ cookiecutter.package_name }} import __template_version__
+from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
+from {{ cookiecutter.package_name }}.cli import main
+
+ONE_EPOCH = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+
+
+def media(run_dir: Path, kind: str, key: str) -> list[Path]:
+    """Files W&B wrote for a logged image or table, e.g. media(run, "table", "diagnosis/worst_val_examples")."""
+    return sorted(run_dir.glob(f"wandb/offline-run-*/files/media/{kind}/{key}_*"))
+
+
+def test_wandb_run_holds_config_provenance_and_media(tiny_data: Path, tmp_path: Path) -> None:
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *ONE_EPOCH, logger="wandb"))
+    config = dict(cli.trainer.logger.experiment.config)
+    assert config["provenance"]["template_version"] == __template_version__
+    assert config["provenance"]["data_fingerprint"] == cli.datamodule.fingerprint
+    assert config["trainer"]["max_epochs"] == 1 and config["seed_everything"] == cli.config.fit.seed_everything
+    assert config["lr"] == cli.model.hparams.lr  # the model's hyperparameters, logged by Lightning
+    assert cli.trainer.logger.experiment.name == cli.run_dir.name  # the run folder's readable name
+
+    if "image" in MODALITIES:
+        assert media(cli.run_dir, "images", "sanity/sample_batch")
+    if TASK_TYPE in ("multiclass", "binary", "segmentation"):
+        assert media(cli.run_dir, "images", "diagnosis/confusion_matrix")
+    (table,) = media(cli.run_dir, "table", "diagnosis/worst_val_examples")
+    examples = json.loads(table.read_text())
+    assert {"id", "true", "predicted", "loss"} <= set(examples["columns"]) and examples["data"]
+    assert ("confidence" in examples["columns"]) == (TASK_TYPE in ("multiclass", "binary"))
+
+
+def test_csv_logger_keeps_the_same_config(tiny_data: Path, tmp_path: Path) -> None:
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *ONE_EPOCH, logger="csv"))
+    hparams = yaml.safe_load(Path(cli.trainer.logger.log_dir, "hparams.yaml").read_text())
+    assert hparams["provenance"]["data_fingerprint"] == cli.datamodule.fingerprint
+    assert hparams["trainer"]["max_epochs"] == 1 and hparams["lr"] == cli.model.hparams.lr
+
+
+def test_log_model_uploads_the_checkpoints_as_artifacts(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged = []  # what reached W&B's own log_artifact (which still runs: offline, it stages the files)
+    real = Run.log_artifact
+
+    def recording(run: Run, artifact, *args, **kwargs):  # noqa: ANN001, ANN202
+        logged.append((artifact.type, sorted(artifact.manifest.entries), kwargs.get("aliases") or []))
+        return real(run, artifact, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log_artifact", recording)
+    log_model = ["--trainer.logger.init_args.log_model", "true"]
+    main(cli_args("fit", tiny_data, tmp_path / "runs", *ONE_EPOCH, *log_model, logger="wandb"))
+    models = [(files, aliases) for kind, files, aliases in logged if kind == "model"]  # tables are "run_table"
+    assert models and all(files == ["model.ckpt"] for files, _ in models)
+    assert any("best" in aliases for _, aliases in models)  # the best checkpoint, findable by its alias

@@ -25,6 +25,10 @@ WITHOUT = {
     "sequence": ["--data.sequence_column", "null"],
 }
 TRAINING = ["--trainer.max_epochs", "12", "--data.batch_size", "32", "--model.lr", "3e-3", "--trainer.logger", "false"]
+# Images at the toy preset's 48 px (the other tests' 32 px leave the image encoder too little to read the shape).
+IMAGE_SIZE = 48
+TRAINING += ["--data.image_size", str(IMAGE_SIZE)] if "image" in MODALITIES else []
+ERROR_RATIO = 0.75  # the fused model's error at most this share of each single-input model's
 # No sanity checks, satisficing measurements or diagnosis: only the training this test compares.
 QUIET = ["--trainer.callbacks", "[]", "--checkpoint.monitor", f"val/{MONITOR}", "--checkpoint.mode", MODE]
 
@@ -32,7 +36,7 @@ QUIET = ["--trainer.callbacks", "[]", "--checkpoint.monitor", f"val/{MONITOR}", 
 @pytest.fixture(scope="module")
 def fusion_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fusion") / "toy"
-    return write_toy_dataset(root, sizes={"train": 600, "val": 200, "test": 20}, image_size=32)
+    return write_toy_dataset(root, sizes={"train": 600, "val": 200, "test": 20}, image_size=IMAGE_SIZE)
 
 
 def val_score(data: Path, runs: Path, *extra: str) -> float:
@@ -46,12 +50,13 @@ def test_the_fused_model_beats_every_single_input_model(fusion_data: Path, tmp_p
     for kept in MODALITIES:
         removed = [arg for other in MODALITIES if other != kept for arg in WITHOUT[other]]
         singles[kept] = val_score(fusion_data, tmp_path / kept, "--model.fusion", "none", *removed)
-    better = MODE == "max"
-    margin = {name: (fused - score) if better else (score - fused) for name, score in singles.items()}
+    # The error each score leaves: 1 - score for accuracy-like metrics (acc, AUROC, mAP, mIoU), RMSE as it is.
+    error = {name: 1 - score if MODE == "max" else score for name, score in {"fused": fused, **singles}.items()}
     report = f"val/{MONITOR}: fused ({FUSION}) {fused:.3f}, " + ", ".join(
         f"{k} only {v:.3f}" for k, v in singles.items()
     )
-    # A clear margin: 0.1 in accuracy-like metrics; for RMSE, 0.1 in the targets' units relative to the fused error.
-    threshold = 0.1 if better else 0.1 * max(fused, 1e-6)
     print(report)
-    assert all(m >= threshold for m in margin.values()), report
+    # A clear margin: fusion removes at least a quarter of every single-input model's error. (An absolute margin
+    # does not fit every task: in binary projects one input alone already reaches about 0.83 AUROC, as the toy
+    # target is a threshold on the inputs' summed latents.)
+    assert all(error["fused"] <= ERROR_RATIO * error[name] for name in singles), report

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from wandb.sdk.wandb_run import Run
 
-from conftest import cli_args
+from conftest import MODE, MONITOR, cli_args
 from {{ cookiecutter.package_name }} import __template_version__
+from {{ cookiecutter.package_name }} import cli as cli_module
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 
@@ -23,7 +24,17 @@ def media(run_dir: Path, kind: str, key: str) -> list[Path]:
     return sorted(run_dir.glob(f"wandb/offline-run-*/files/media/{kind}/{key}_*"))
 
 
-def test_wandb_run_holds_config_provenance_and_media(tiny_data: Path, tmp_path: Path) -> None:
+def test_wandb_run_holds_config_provenance_and_media(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summaries = []  # the run's summary just before the CLI finishes the run (which then still happens)
+    real_finish = cli_module.finish_wandb_runs
+
+    def recording(loggers: list) -> None:
+        summaries.extend(dict(logger.experiment.summary) for logger in loggers)
+        real_finish(loggers)
+
+    monkeypatch.setattr(cli_module, "finish_wandb_runs", recording)
     cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *ONE_EPOCH, logger="wandb"))
     config = dict(cli.trainer.logger.experiment.config)
     assert config["provenance"]["template_version"] == __template_version__
@@ -31,6 +42,10 @@ def test_wandb_run_holds_config_provenance_and_media(tiny_data: Path, tmp_path: 
     assert config["trainer"]["max_epochs"] == 1 and config["seed_everything"] == cli.config.fit.seed_everything
     assert config["lr"] == cli.model.hparams.lr  # the model's hyperparameters, logged by Lightning
     assert cli.trainer.logger.experiment.name == cli.run_dir.name  # the run folder's readable name
+    # The optimizing metric's summary is its best value (what the runs table and sweeps rank by), not its last.
+    (summary,) = summaries
+    last = float(cli.trainer.callback_metrics[f"val/{MONITOR}"])  # one epoch: the best is the last
+    assert dict(summary[f"val/{MONITOR}"]) == {MODE: pytest.approx(last)}
 
     if "image" in MODALITIES:
         assert media(cli.run_dir, "images", "sanity/sample_batch")

@@ -1,4 +1,4 @@
-"""Logger set-up that must happen before a logger is built."""
+"""Loggers: W&B offline without a key, the run's settings and provenance logged once, W&B runs ended cleanly."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from .provenance import provenance
@@ -53,11 +54,17 @@ def finish_wandb_runs(loggers: list) -> None:
 class SaveAndLogConfig(SaveConfigCallback):
     """Lightning's config.yaml in the run folder, plus one call to every logger with the rest of the command's
     settings (RUN_SETTINGS) and where the run came from: git commit, data fingerprint, package and template
-    versions. With the hyperparameters Lightning logs, the logger's run holds everything needed to repeat it."""
+    versions. With the hyperparameters Lightning logs, the logger's run holds everything needed to repeat it.
+
+    W&B also keeps the optimizing metric's best value (not its last) as the run's summary, which is what the runs
+    table and a sweep rank runs by."""
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         settings = self.config.as_dict()
         logged = {key: settings[key] for key in RUN_SETTINGS if key in settings}
         logged["provenance"] = provenance(trainer.datamodule)
+        task = getattr(pl_module, "task", None)
         for logger in trainer.loggers:
             logger.log_hyperparams(logged)
+            if isinstance(logger, WandbLogger) and task is not None:
+                logger.experiment.define_metric(f"val/{task.monitor}", summary=task.mode)

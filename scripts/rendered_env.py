@@ -1,8 +1,8 @@
 """Install a rendered project the way its README says, into a venv of its own, without downloading anything.
 
 The venv sees this environment's packages (PyTorch and friends) through a .pth file, so `pip install -e
-".[dev]"` finds every dependency satisfied and installs only the project itself. Each rendered package stays
-out of this environment and out of every other rendered project's import path.
+".[dev,export]"` finds every dependency satisfied (onnx and onnxruntime included) and installs only the project
+itself. Each rendered package stays out of this environment and out of every other rendered project's import path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def install_rendered(project: Path, venv: Path | None = None) -> Path:
-    """Create `venv` (default `<project>/.venv`), `pip install -e ".[dev]"` into it; return its python."""
+    """Create `venv` (default `<project>/.venv`), `pip install -e ".[dev,export]"` into it; return its python."""
     venv = venv or project / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -26,7 +26,7 @@ def install_rendered(project: Path, venv: Path | None = None) -> Path:
     ).stdout.strip()
     Path(site, "_shared_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-build-isolation"]
-    result = subprocess.run([*pip, "-e", ".[dev]"], cwd=project, capture_output=True, text=True)
+    result = subprocess.run([*pip, "-e", ".[dev,export]"], cwd=project, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"pip install -e .[dev] failed in {project}:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"pip install -e .[dev,export] failed in {project}:\n{result.stdout}\n{result.stderr}")
     return python

@@ -216,7 +216,8 @@ def test_dev_requirements_cover_the_rendered_dependencies(baked: Callable[[dict[
     """The test environment pre-installs what rendered projects need (see requirements-dev.txt)."""
     project = baked({"logger": "tensorboard"})
     pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
+    extras = pyproject["optional-dependencies"]
+    wanted = pyproject["dependencies"] + extras["dev"] + extras["export"]  # rendered_env.py installs .[dev,export]
     have = (TEMPLATE_DIR / "requirements-dev.txt").read_text(encoding="utf-8")
     names = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].lower() for line in have.splitlines() if line[:1].isalnum()}
     missing = [req for req in wanted if re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].lower() not in names]
@@ -239,22 +240,34 @@ def test_every_template_file_is_tracked_by_git() -> None:
     assert not ignored, f"ignored by a .gitignore, so missing from every clone: {ignored}"
 
 
+def make_dry_run(project: Path, *args: str) -> str:
+    """The commands `make ARGS` would run (`make -n`), with the Makefile's default PYTHON."""
+    dry = subprocess.run(["make", "-n", *args], cwd=project, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    return dry.stdout
+
+
 def test_ci_workflow_keeps_github_expressions_and_parses(project: Path) -> None:
     text = (project / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
     assert "${{ vars.PYTHON_VERSION" in text  # GitHub's own expression syntax survives rendering
     workflow = yaml.safe_load(text)
-    steps = workflow["jobs"]["test"]["steps"]
-    assert any("pytest" in step.get("run", "") for step in steps)
+    runs = [step["run"] for step in workflow["jobs"]["test"]["steps"] if "run" in step]
+    # CI runs the Makefile's targets, so it checks with the very commands `make lint` / `make test` run locally.
+    for target in ("install", "lint", "test"):
+        assert any(re.search(rf"^make {target}$", run, re.MULTILINE) for run in runs), (target, runs)
+    assert "ruff check ." in make_dry_run(project, "lint") and "ruff format --check ." in make_dry_run(project, "lint")
+    assert "-m pytest" in make_dry_run(project, "test")
 
 
 def test_makefile_targets_resolve(project: Path) -> None:
     help_text = subprocess.run(["make", "help"], cwd=project, capture_output=True, text=True, check=True).stdout
-    for target in ("install", "data", "train", "test", "lint"):
-        assert target in help_text
-        dry = subprocess.run(["make", "-n", target], cwd=project, capture_output=True, text=True)
-        assert dry.returncode == 0, dry.stderr
+    for target in ("install", "data", "train", "test", "test-slow", "lint", "sweep", "export"):
+        assert re.search(rf"^{target}\t", help_text, re.MULTILINE), (target, help_text)
+        make_dry_run(project, target)
     package = recorded_answers(project)["package_name"]
-    assert (
-        f"-m {package} fit"
-        in subprocess.run(["make", "-n", "train"], cwd=project, capture_output=True, text=True).stdout
+    assert f"-m {package} fit" in make_dry_run(project, "train")
+    sweep = make_dry_run(project, "sweep", "SWEEP=configs/sweep_bayes.yaml", "COUNT=3")
+    assert f"-m {package} sweep --file configs/sweep_bayes.yaml --count 3" in sweep
+    assert f"-m {package} export --config configs/default.yaml --config configs/toy.yaml --ckpt_path best" in (
+        make_dry_run(project, "export")
     )

@@ -127,3 +127,17 @@ def test_gradients_reach_every_parameter(kind: str, numeric: bool):
     model(batch([[2, 3, 4], [5, 6, 7, 8, 9]], 5, numeric)).square().sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_gru_features_are_the_final_hidden_states(num_layers: int):
+    # The encoder reads the final states from the padded outputs (so ONNX can export it); they must be exactly the
+    # GRU's own final hidden states of the last layer, each sample stopping at its last real step.
+    torch.manual_seed(0)
+    model = SequenceEncoder(vocab_size=10, hidden_dim=8, num_layers=num_layers).eval()
+    sequences = batch([[2, 3, 4, 5], [6], [7, 8]], 6)
+    with torch.no_grad():
+        features = model(sequences)
+        for i, length in enumerate(sequences["mask"].sum(1).tolist()):
+            _, hidden = model.rnn(model.embed(sequences["values"][i : i + 1, :length]))
+            torch.testing.assert_close(features[i], torch.cat([hidden[-2, 0], hidden[-1, 0]]), atol=1e-6, rtol=1e-5)

@@ -7,12 +7,16 @@
     python -m PACKAGE baseline --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE diagnose --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
     python -m PACKAGE lr-find  --config configs/default.yaml --config configs/toy.yaml [--num_training 100]
+    python -m PACKAGE export   --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
     python -m PACKAGE repeat   --repeats 5 --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE cv       --folds 5   --config configs/default.yaml --config configs/toy.yaml
+    python -m PACKAGE sweep    --file configs/sweep.yaml [--count 20] [--dry-run]
 
 Every run gets its own folder under `runs/` (see runs.py); `--ckpt_path last|best` finds the newest one.
 `lr-find` plots loss vs learning rate and prints the `--model.lr` to use (lr_finder.py); `repeat` and `cv` run
-`fit` once per seed / fold and report mean ± std of the optimizing metric (multirun.py).
+`fit` once per seed / fold and report mean ± std of the optimizing metric (multirun.py); `sweep` runs a W&B agent
+whose trials are `fit` commands (sweep.py); `export` writes TorchScript and ONNX files of a checkpoint and checks
+them against it (export.py).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCL
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from . import multirun, runs
+from . import multirun, runs, sweep
 from .callbacks.checkpoint import LastEveryEpochCheckpoint
 from .callbacks.ensembles import Ensembles
 from .callbacks.prediction_writer import CSVPredictionWriter
@@ -41,7 +45,7 @@ from .checkpoint_io import AtomicCheckpointIO
 from .data import toy
 from .data.datamodule import DataModule
 from .errors import ProjectError
-from .loggers import finish_wandb_runs, wandb_offline_without_key
+from .loggers import SaveAndLogConfig, finish_wandb_runs, wandb_offline_without_key
 from .module import Model
 from .precision import check_strategy_available, supported_precision
 from .trainer import ProjectTrainer
@@ -52,6 +56,7 @@ PROJECT_COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "toy-data": toy.main,
     "repeat": lambda argv: multirun.repeat_main(argv, fit=main),
     "cv": lambda argv: multirun.cv_main(argv, fit=main),
+    "sweep": sweep.main,
 }
 # Trainer-method commands typed with a hyphen, as the other commands are: name -> method.
 HYPHENATED = {"lr-find": "lr_find"}
@@ -62,7 +67,7 @@ class ProjectCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         # ProjectTrainer's methods become subcommands like fit's; model and data come from the config, as for validate.
         own = {"model", "datamodule"}
-        return {**LightningCLI.subcommands(), "baseline": own, "diagnose": own, "lr_find": own}
+        return {**LightningCLI.subcommands(), "baseline": own, "diagnose": own, "export": own, "lr_find": own}
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Lightning's own `seed_everything: true` ("a random seed") seeds 0 (PL 2.6) and null is rejected: both draw
@@ -213,7 +218,10 @@ def _one_line(error: BaseException) -> str:
 def main(args: list[str] | None = None) -> ProjectCLI | None:
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in PROJECT_COMMANDS:
-        PROJECT_COMMANDS[argv[0]](argv[1:])
+        try:
+            PROJECT_COMMANDS[argv[0]](argv[1:])
+        except ProjectError as error:
+            sys.exit(f"error: {_one_line(error)}")
         return None
     if argv and argv[0] in HYPHENATED:
         if args is None:  # LightningCLI reads sys.argv itself (and DDP launches its processes with it)
@@ -229,6 +237,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             DataModule,
             trainer_class=ProjectTrainer,
             trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
+            save_config_callback=SaveAndLogConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},
             args=args,  # None: LightningCLI reads sys.argv itself

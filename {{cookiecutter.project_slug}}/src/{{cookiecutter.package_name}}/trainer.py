@@ -2,7 +2,7 @@
 
 LightningCLI turns a Trainer method into a subcommand (its typed arguments become flags, the first docstring
 line its help): `python -m PACKAGE baseline ...`, `python -m PACKAGE diagnose --ckpt_path best ...`,
-`python -m PACKAGE lr-find ...` (the CLI maps the hyphenated name to `lr_find`).
+`python -m PACKAGE lr-find ...` (the CLI maps the hyphenated name to `lr_find`), `python -m PACKAGE export ...`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pytorch_lightning import Trainer
 from . import baselines, lr_finder, runs
 from .callbacks.diagnosis import Diagnosis, load_weights
 from .errors import ProjectError
+from .export import export_network
 
 
 class ProjectTrainer(Trainer):
@@ -70,6 +71,34 @@ class ProjectTrainer(Trainer):
         for logger in self.loggers:
             logger.finalize("success")  # no fit ran, so nothing else flushes the logger's files
         return result
+
+    def export(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        ckpt_path: str | None = None,
+        formats: str | list[str] = "torchscript,onnx",
+        output_dir: str | None = None,
+        batch_size: int = 2,
+        atol: float = 1e-4,
+    ) -> dict[str, Any]:
+        """Export a checkpoint to TorchScript and ONNX (dynamic batch), checked against the checkpoint's outputs.
+
+        Args:
+            model: the architecture; the checkpoint's weights are loaded into it (exported in float32 on the CPU).
+            datamodule: val samples for the example inputs and the check.
+            ckpt_path: a checkpoint file, or "best" / "last" for the newest run's.
+            formats: torchscript, onnx, or both: torchscript,onnx (ONNX needs pip install -e ".[export]").
+            output_dir: where the files and export.json go; None: the export run's folder, <run>/export.
+            batch_size: samples in the example batch; the files are checked on batches of 1 and 2 * batch_size + 1.
+            atol: the largest allowed difference to the checkpoint's outputs (times the largest output when above 1).
+        """
+        if not ckpt_path:
+            raise ProjectError("export needs --ckpt_path: a checkpoint file, 'best' or 'last'")
+        load_weights(model, ckpt_path)
+        output = Path(output_dir) if output_dir else Path(self.default_root_dir) / "export"
+        val = datamodule.dataset("val")
+        return export_network(model, val, output, formats, batch_size, atol, source=str(ckpt_path))
 
     def lr_find(
         self,

@@ -60,6 +60,8 @@ class _Fusion(nn.Module):
                 f"{self.kind} fusion: unexpected features {unexpected}; expected exactly {list(self.names)}"
             )
         inputs = [features[name] for name in self.names]
+        if torch.jit.is_tracing():  # export: sizes are traced values (checking them only warns) and fixed by the trace
+            return inputs
         for name, x in zip(self.names, inputs, strict=True):
             if x.ndim != 2 or x.shape[1] != self.feature_dims[name] or x.shape[0] != inputs[0].shape[0]:
                 raise ValueError(

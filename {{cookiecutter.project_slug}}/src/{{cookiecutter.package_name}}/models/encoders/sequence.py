@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 KINDS = ("gru", "transformer")
 
@@ -93,10 +93,16 @@ class SequenceEncoder(nn.Module):
             # pack_padded_sequence wants lengths on the CPU; clamp guards against an all-padding row.
             lengths = mask.sum(1).clamp(min=1).cpu()
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            _, hidden = self.rnn(packed)  # [layers * 2, B, H], already back in the input order
-            return torch.cat([hidden[-2], hidden[-1]], dim=1)
+            # The last layer's final states, read from its padded outputs: the forward direction's at each
+            # sample's last real step, the backward direction's at step 0 (the same values as the returned hidden
+            # state, but unpacking is what lets the ONNX exporter turn packing into a GRU with sequence lengths).
+            output, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+            size = self.rnn.hidden_size
+            last_step = (lengths - 1).to(x.device).view(-1, 1, 1).expand(-1, 1, size)
+            forward = output[:, :, :size].gather(1, last_step).squeeze(1)
+            return torch.cat([forward, output[:, 0, size:]], dim=1)
         steps = x.shape[1]
-        if steps > self.max_length:
+        if not torch.jit.is_tracing() and steps > self.max_length:  # export traces one length: no need to check it
             raise ValueError(
                 f"sequence length {steps} exceeds the encoder's max_length {self.max_length}; "
                 "build the encoder with a larger max_length"

@@ -39,7 +39,14 @@ def files(project: Path) -> dict[str, bytes]:
 
 def make(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`make ARGS` in the project with this environment's Python, the package importable from src/."""
-    env = {**os.environ, "PYTHONPATH": str(project / "src"), "WANDB_MODE": "offline", **(env or {})}
+    # As a user types it in a shell: not nested in the make that runs this suite (`make test`), whose variables
+    # would make the inner make print "Entering directory" lines.
+    outer = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
+    env = {k: v for k, v in os.environ.items() if k not in outer} | {
+        "PYTHONPATH": str(project / "src"),
+        "WANDB_MODE": "offline",
+        **(env or {}),
+    }
     return subprocess.run(
         ["make", f"PYTHON={sys.executable}", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300
     )

@@ -171,7 +171,9 @@ def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, t
     diagnosed = main(cli_args("diagnose", tiny_data, runs, *split, "--ckpt_path", "best"))
     report = json.loads((diagnosed.run_dir / "diagnosis.json").read_text())
     assert report["errors"] == pytest.approx(after_fit["errors"])
-    assert report["dominant"] in report["gaps"] and report["next_steps"]
+    # The dominant problem is the largest gap above the tolerance; none when a (lucky) run leaves no such gap.
+    above = {name: gap for name, gap in report["gaps"].items() if gap > report["tolerance"]}
+    assert report["dominant"] == (max(above, key=above.get) if above else None) and report["next_steps"]
     analysis = report["error_analysis"]
     examples = analysis["worst_examples"]
     losses = [example["loss"] for example in examples]

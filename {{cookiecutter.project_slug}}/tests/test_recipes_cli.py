@@ -59,7 +59,8 @@ def test_lr_find_plots_suggests_and_leaves_the_weights_unchanged(
 
     result = json.loads((cli.run_dir / lr_finder.RESULT_FILE).read_text())
     assert len(result["lr"]) == 12 and result["lr"] == sorted(result["lr"])
-    assert math.isfinite(result["suggestion"]) and 1e-5 <= result["suggestion"] <= 1.0
+    # Within the sweep, or a tenth of its start when the loss never fell (a tiny model on 12 noisy steps can).
+    assert math.isfinite(result["suggestion"]) and 1e-6 <= result["suggestion"] <= 1.0
     assert result["flag"] == f"--model.lr {result['suggestion']:.3g}" and result["flag"] in capsys.readouterr().out
     with Image.open(cli.run_dir / lr_finder.PLOT_FILE) as plot:
         assert plot.size == (640, 420)
@@ -76,6 +77,7 @@ def test_suggestion_is_the_steepest_descent_on_a_log_axis_else_min_over_10() -> 
     assert result["steepest_lr"] == pytest.approx(1e-3) and result["suggestion"] == result["steepest_lr"]
     rising = lr_finder.suggest(lrs, [1.0 + i for i in range(25)])  # never falls: min / 10
     assert rising["steepest_lr"] is None and rising["suggestion"] == pytest.approx(lrs[0] / 10)
+    assert "never fell" in rising["rule"] and "--min_lr" in rising["rule"]  # the user learns why, and what to do
 
 
 def test_repeat_trains_one_run_per_seed_and_reports_mean_and_sample_std(tiny_data: Path, tmp_path: Path) -> None:

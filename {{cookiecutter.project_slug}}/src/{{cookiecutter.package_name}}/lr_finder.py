@@ -74,6 +74,11 @@ def suggest(lrs: list[float], losses: list[float]) -> dict[str, Any]:
             steepest_lr = points[steepest][0]
             index = lrs.index(steepest_lr)
     rule = "steepest descent of the smoothed loss (log LR axis)" if steepest_lr else "LR at the minimum loss / 10"
+    if lowest == 0:  # the loss never fell below its first value: the sweep started too high, or nothing trains
+        rule += (
+            "; the loss never fell, so this lies below the swept range: rerun with a lower --min_lr, and if it "
+            "still does not fall, check that the model can overfit one batch (configs/debug/overfit_batch.yaml)"
+        )
     return {
         "suggestion": steepest_lr or min_loss_lr / 10,
         "rule": rule,

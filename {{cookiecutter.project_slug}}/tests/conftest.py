@@ -65,13 +65,9 @@ def toy_sizes(**samples: int) -> dict[str, int]:
     return {split: n // num_classes for split, n in samples.items()}
 
 
-def cli_args(command: str, data: Path, runs: Path, *extra: str, logger: str | None = "csv") -> list[str]:
-    """Arguments for `python -m <package> <command>` with the tiny model and data, as a user would type them."""
-    args = [command, "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "toy.yaml")]
-    if logger:
-        args += ["--config", str(CONFIGS / "logger" / f"{logger}.yaml")]
-    if "image" in MODALITIES:
-        args += ["--data.image_size", "32", "--model.backbone", TINY_BACKBONE]
+def tiny_run_args(data: Path, runs: Path) -> list[str]:
+    """The flags that make a run small enough for a test: tiny model and data, on the CPU, in `runs`."""
+    args = ["--data.image_size", "32", "--model.backbone", TINY_BACKBONE] if "image" in MODALITIES else []
     return args + [
         "--runs_dir", str(runs),
         "--data.root", str(data),
@@ -79,8 +75,15 @@ def cli_args(command: str, data: Path, runs: Path, *extra: str, logger: str | No
         "--data.num_workers", "0",
         "--trainer.accelerator", "cpu",
         "--trainer.enable_model_summary", "false",
-        *extra,
     ]  # fmt: skip
+
+
+def cli_args(command: str, data: Path, runs: Path, *extra: str, logger: str | None = "csv") -> list[str]:
+    """Arguments for `python -m <package> <command>` with the tiny model and data, as a user would type them."""
+    args = [command, "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "toy.yaml")]
+    if logger:
+        args += ["--config", str(CONFIGS / "logger" / f"{logger}.yaml")]
+    return [*args, *tiny_run_args(data, runs), *extra]
 
 
 def default_config(section: str) -> dict:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CONFIGS, MODE, MONITOR, PROJECT, TINY_BACKBONE
-from {{ cookiecutter.package_name }}.answers import MODALITIES
+from conftest import CONFIGS, MODE, MONITOR, PROJECT, tiny_run_args
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.schedules import SCHEDULES
 from {{ cookiecutter.package_name }}.sweep import load_sweep, sample_values, trial_command
@@ -27,20 +26,10 @@ def fit_arguments(command: list[str]) -> list[str]:
 
 
 def tiny_run(data: Path, runs: Path) -> list[str]:
-    """Arguments that make a trial small enough for a test: toy settings, tiny data and model, a few batches."""
-    args = ["--config", "configs/toy.yaml"]
-    if "image" in MODALITIES:
-        args += ["--data.image_size", "32", "--model.backbone", TINY_BACKBONE]
-    return args + [
-        "--runs_dir", str(runs),
-        "--data.root", str(data),
-        "--data.num_workers", "0",
-        "--trainer.accelerator", "cpu",
-        "--trainer.enable_model_summary", "false",
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "2",
-    ]  # fmt: skip
+    """Arguments that make a trial small enough for a test: toy settings, tiny data and model, a few batches.
+    They go before the trial's values, which override them (e.g. data.batch_size)."""
+    few_batches = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+    return ["--config", "configs/toy.yaml", *tiny_run_args(data, runs), "--trainer.max_epochs", "1", *few_batches]
 
 
 def section_value(config: dict, key: str) -> object:

@@ -15,7 +15,7 @@ from conftest import cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import DataError, ProjectError
-from {{ cookiecutter.package_name }}.mixing import MIXABLE_TASKS, build_mixing
+from {{ cookiecutter.package_name }}.practices.mixing import MIXABLE_TASKS, build_mixing
 
 IMAGE = "image" in MODALITIES
 MIXABLE = MODALITIES == ("image",) and TASK_TYPE in MIXABLE_TASKS

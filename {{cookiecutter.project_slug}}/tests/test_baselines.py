@@ -11,7 +11,7 @@ import torch
 
 from conftest import cli_args, project_datamodule
 from {{ cookiecutter.package_name }}.answers import TASK_TYPE
-from {{ cookiecutter.package_name }}.baselines import Features, constant_outputs
+from {{ cookiecutter.package_name }}.practices.baselines import Features, constant_outputs
 from {{ cookiecutter.package_name }}.cli import main
 
 

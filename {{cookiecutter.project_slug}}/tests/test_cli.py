@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import CLASS_FOLDERS, CONFIGS, MONITOR, cli_args
 from {{ cookiecutter.package_name }}.answers import MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.loggers import wandb_offline_without_key
+from {{ cookiecutter.package_name }}.practices.loggers import wandb_offline_without_key
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]

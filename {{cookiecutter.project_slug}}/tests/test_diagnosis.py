@@ -12,15 +12,15 @@ from PIL import Image
 from conftest import cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.diagnosis import GAP_LABELS, SplitErrors, diagnose, next_steps, to_markdown
-from {{ cookiecutter.package_name }}.error_analysis import (
+from {{ cookiecutter.package_name }}.practices.bias_variance import GAP_LABELS, SplitErrors, diagnose, next_steps, to_markdown
+from {{ cookiecutter.package_name }}.practices.error_analysis import (
     confusion_matrix,
     iou_table,
     most_confused,
     per_label_table,
     residual_table,
 )
-from {{ cookiecutter.package_name }}.evaluation import evaluate_split
+from {{ cookiecutter.package_name }}.practices.evaluation import evaluate_split
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
 CLASSIFICATION = ("multiclass", "binary")

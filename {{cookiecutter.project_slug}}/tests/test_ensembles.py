@@ -17,14 +17,14 @@ from torch import nn
 
 from conftest import MONITOR, cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
-from {{ cookiecutter.package_name }}.callbacks.ensembles import EMA, Ensembles
+from {{ cookiecutter.package_name }}.practices.callbacks.ensembles import EMA, Ensembles
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.ensembles import outputs_from_activations
+from {{ cookiecutter.package_name }}.practices.averaging import outputs_from_activations
 from {{ cookiecutter.package_name }}.errors import ProjectError
-from {{ cookiecutter.package_name }}.evaluation import eval_dataset, eval_loader
+from {{ cookiecutter.package_name }}.practices.evaluation import eval_dataset, eval_loader
 from {{ cookiecutter.package_name }}.module import Model
 from {{ cookiecutter.package_name }}.tasks import build_task
-from {{ cookiecutter.package_name }}.tta import tta_activations
+from {{ cookiecutter.package_name }}.practices.tta import tta_activations
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
 needs_image = pytest.mark.skipif("image" not in MODALITIES, reason="test-time augmentation augments image inputs")

@@ -16,7 +16,7 @@ from conftest import MODE, MONITOR, cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import ProjectError
-from {{ cookiecutter.package_name }}.optim import backbone_stages, find_backbone, param_groups
+from {{ cookiecutter.package_name }}.practices.param_groups import backbone_stages, find_backbone, param_groups
 
 needs_image = pytest.mark.skipif("image" not in MODALITIES, reason="fine-tuning modes need an image backbone")
 

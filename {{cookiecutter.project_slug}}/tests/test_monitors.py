@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 
 from conftest import cli_args
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
-from {{ cookiecutter.package_name }}.callbacks.monitors import TrainingMonitors, layer_groups, relu_groups
-from {{ cookiecutter.package_name }}.callbacks.overfit import OverfitCheck
-from {{ cookiecutter.package_name }}.callbacks.prediction_writer import CSVPredictionWriter
+from {{ cookiecutter.package_name }}.practices.callbacks.monitors import TrainingMonitors, layer_groups, relu_groups
+from {{ cookiecutter.package_name }}.practices.callbacks.overfit import OverfitCheck
+from {{ cookiecutter.package_name }}.practices.callbacks.prediction_writer import CSVPredictionWriter
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.tasks import build_task
 

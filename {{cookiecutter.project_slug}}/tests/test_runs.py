@@ -9,7 +9,7 @@ import pytest
 from pytorch_lightning.callbacks import RichProgressBar
 
 from {{ cookiecutter.package_name }} import runs
-from {{ cookiecutter.package_name }}.callbacks.progress import PlainProgressBar, progress_bar_for
+from {{ cookiecutter.package_name }}.practices.callbacks.progress import PlainProgressBar, progress_bar_for
 from {{ cookiecutter.package_name }}.errors import ProjectError
 
 

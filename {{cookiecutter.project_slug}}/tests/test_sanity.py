@@ -15,7 +15,7 @@ from torch.utils.data import default_collate
 
 from conftest import TINY_BACKBONE, cli_args, project_datamodule
 from {{ cookiecutter.package_name }}.answers import FUSION, MODALITIES, TASK_TYPE
-from {{ cookiecutter.package_name }}.callbacks.sanity import (
+from {{ cookiecutter.package_name }}.practices.callbacks.sanity import (
     GRID_FILE,
     chance_for_batch,
     check_init_loss,

@@ -24,8 +24,8 @@ from pytorch_lightning.callbacks import EarlyStopping
 
 from conftest import MONITOR, cli_args
 from {{ cookiecutter.package_name }}.answers import TASK_TYPE
-from {{ cookiecutter.package_name }}.callbacks import satisficing
-from {{ cookiecutter.package_name }}.callbacks.satisficing import (
+from {{ cookiecutter.package_name }}.practices.callbacks import satisficing
+from {{ cookiecutter.package_name }}.practices.callbacks.satisficing import (
     INFEASIBLE_OFFSET,
     SCORE_KEY,
     Satisfice,
@@ -246,7 +246,7 @@ def scripted_config(
     """A config layer whose callbacks are the real SatisficingMetrics (optimizing `val/scripted`) + ScriptedEpochs."""
     callbacks = [
         {
-            "class_path": "{{ cookiecutter.package_name }}.callbacks.satisficing.SatisficingMetrics",
+            "class_path": "{{ cookiecutter.package_name }}.practices.callbacks.satisficing.SatisficingMetrics",
             "init_args": {
                 "optimize": {"metric": "val/scripted", "mode": mode},
                 "satisfice": satisfice,

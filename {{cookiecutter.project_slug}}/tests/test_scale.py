@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import CLASSES, CONFIGS, MODE, MONITOR, cli_args, toy_sizes
-from {{ cookiecutter.package_name }}.checkpoint_io import AtomicCheckpointIO
+from {{ cookiecutter.package_name }}.practices.checkpoint_io import AtomicCheckpointIO
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data.toy import write_toy_dataset
 

@@ -14,7 +14,7 @@ import torch
 from conftest import MODE, MONITOR, cli_args
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import ProjectError
-from {{ cookiecutter.package_name }}.schedules import Schedule, restart_epochs_until
+from {{ cookiecutter.package_name }}.practices.schedules import Schedule, restart_epochs_until
 
 LR, RATIO = 1.0, 0.1  # two groups: a head at LR and a backbone stage at LR * RATIO
 

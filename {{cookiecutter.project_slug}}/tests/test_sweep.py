@@ -12,8 +12,8 @@ import yaml
 
 from conftest import CONFIGS, MODE, MONITOR, PROJECT, tiny_run_args
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.schedules import SCHEDULES
-from {{ cookiecutter.package_name }}.sweep import load_sweep, sample_values, trial_command
+from {{ cookiecutter.package_name }}.practices.schedules import SCHEDULES
+from {{ cookiecutter.package_name }}.practices.sweep import load_sweep, sample_values, trial_command
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SWEEP_FILES = ["sweep.yaml", "sweep_bayes.yaml"]

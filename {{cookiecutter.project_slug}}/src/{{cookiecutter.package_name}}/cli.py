@@ -36,19 +36,19 @@ from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCL
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from . import multirun, runs, sweep
-from .callbacks.checkpoint import LastEveryEpochCheckpoint
-from .callbacks.ensembles import Ensembles
-from .callbacks.prediction_writer import CSVPredictionWriter
-from .callbacks.progress import progress_bar_for
-from .checkpoint_io import AtomicCheckpointIO
+from .practices import multirun, runs, sweep
+from .practices.callbacks.checkpoint import LastEveryEpochCheckpoint
+from .practices.callbacks.ensembles import Ensembles
+from .practices.callbacks.prediction_writer import CSVPredictionWriter
+from .practices.callbacks.progress import progress_bar_for
+from .practices.checkpoint_io import AtomicCheckpointIO
 from .data import toy
 from .data.datamodule import DataModule
 from .errors import ProjectError
-from .loggers import SaveAndLogConfig, finish_wandb_runs, wandb_offline_without_key
+from .practices.loggers import SaveAndLogConfig, finish_wandb_runs, wandb_offline_without_key
 from .module import Model
-from .precision import check_strategy_available, supported_precision
-from .trainer import ProjectTrainer
+from .practices.precision import check_strategy_available, supported_precision
+from .practices.trainer import ProjectTrainer
 
 PACKAGE = __package__
 # Commands that are not Trainer methods: name -> main(argv). repeat and cv run `fit` (main below) several times.

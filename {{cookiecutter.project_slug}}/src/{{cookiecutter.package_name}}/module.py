@@ -13,17 +13,17 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from .callbacks.finetuning import StagedFinetuning
-from .ensembles import outputs_from_activations
-from .mixing import build_mixing
+from .practices.callbacks.finetuning import StagedFinetuning
+from .practices.averaging import outputs_from_activations
+from .practices.mixing import build_mixing
 from .models.encoders import build_encoder
 from .models.fusion import build_fusion
 from .models.network import Network
-from .optim import check_finetune_args, find_backbone, param_groups
-from .provenance import provenance
-from .schedules import Schedule, stepping
+from .practices.param_groups import check_finetune_args, find_backbone, param_groups
+from .practices.provenance import provenance
+from .practices.schedules import Schedule, stepping
 from .tasks import build_task
-from .tta import check_tta, tta_activations
+from .practices.tta import check_tta, tta_activations
 
 
 class Model(pl.LightningModule):

@@ -7,7 +7,7 @@ import importlib.util
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 
 def supported_precision(precision: str | int | None) -> str | int | None:

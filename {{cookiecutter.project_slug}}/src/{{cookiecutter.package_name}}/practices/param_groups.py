@@ -22,7 +22,7 @@ from typing import Any
 from timm.models import group_parameters
 from torch import nn
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 FINETUNE_MODES = ("finetune", "frozen", "gradual")
 HEAD = "head"  # the name of the group of everything outside the backbone

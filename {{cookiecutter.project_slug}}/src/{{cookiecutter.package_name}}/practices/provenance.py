@@ -6,7 +6,7 @@ import subprocess
 from functools import lru_cache
 from typing import Any
 
-from . import __template_version__, __version__
+from .. import __template_version__, __version__
 
 
 @lru_cache(maxsize=1)

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 
-from ..data.table import Row
+from ...data.table import Row
 
 GRID_FILE = "sample_batch.png"
 TARGET_KEY = "target"

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from timm.data import Mixup
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 MIXABLE_TASKS = ("multiclass", "binary", "multilabel")
 KNOBS = "model.mixup_alpha / model.cutmix_alpha"

@@ -15,7 +15,7 @@ from pytorch_lightning import Trainer
 
 from . import baselines, lr_finder, runs
 from .callbacks.diagnosis import Diagnosis, load_weights
-from .errors import ProjectError
+from ..errors import ProjectError
 from .export import export_network
 
 

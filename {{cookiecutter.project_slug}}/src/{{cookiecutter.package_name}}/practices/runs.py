@@ -13,7 +13,7 @@ import secrets
 import time
 from pathlib import Path
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 RUN_DIR_ENV = "PROJECT_RUN_DIR"
 SUMMARY_FILE = "summary.json"

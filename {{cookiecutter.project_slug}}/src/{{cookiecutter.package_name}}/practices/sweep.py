@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ProjectError
+from ..errors import ProjectError
 from .loggers import wandb_key_found
 
 PACKAGE = __package__

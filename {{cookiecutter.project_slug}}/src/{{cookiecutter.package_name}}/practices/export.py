@@ -41,10 +41,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 if TYPE_CHECKING:
-    from .module import Model
+    from ..module import Model
 
 FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 RESULT_FILE = "export.json"

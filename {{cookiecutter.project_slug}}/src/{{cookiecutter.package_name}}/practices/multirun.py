@@ -27,7 +27,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from . import runs
-from .errors import ProjectError
+from ..errors import ProjectError
 
 PACKAGE = __package__
 SATISFICING_FILE = "satisficing.json"

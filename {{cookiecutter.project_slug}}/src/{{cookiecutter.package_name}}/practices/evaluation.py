@@ -19,7 +19,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 
-from .data.datamodule import RowDataset
+from ..data.datamodule import RowDataset
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .diagnosis import ERROR_MEANINGS, format_error
+from .bias_variance import ERROR_MEANINGS, format_error
 from .evaluation import Accumulator, SplitEvaluation, eval_dataset, eval_loader
 
 RESULT_FILE = "baseline.json"

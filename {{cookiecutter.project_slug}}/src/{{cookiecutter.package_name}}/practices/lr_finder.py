@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.tuner import Tuner
 
 from .callbacks.sanity import log_image
-from .errors import ProjectError
+from ..errors import ProjectError
 from .runs import write_json
 
 PLOT_FILE = "lr_find.png"

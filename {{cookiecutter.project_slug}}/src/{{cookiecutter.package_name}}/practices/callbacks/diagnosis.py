@@ -22,10 +22,10 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from .. import baselines
-from ..diagnosis import Diagnosis as Report
-from ..diagnosis import SplitErrors, diagnose, title, to_dict, to_markdown
+from ..bias_variance import Diagnosis as Report
+from ..bias_variance import SplitErrors, diagnose, title, to_dict, to_markdown
 from ..error_analysis import analyze, example_tiles
-from ..errors import ProjectError
+from ...errors import ProjectError
 from ..evaluation import SplitEvaluation, evaluate_split
 
 SPLITS = ("train", "train_dev", "val", "test")

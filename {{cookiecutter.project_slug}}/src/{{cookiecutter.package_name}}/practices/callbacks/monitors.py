@@ -33,7 +33,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from ..errors import ProjectError
+from ...errors import ProjectError
 
 HISTOGRAM_BINS = 64
 Groups = dict[str, list[nn.Parameter]]

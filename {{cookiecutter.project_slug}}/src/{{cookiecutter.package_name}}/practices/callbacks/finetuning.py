@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from ..errors import ProjectError
-from ..optim import backbone_stages, find_backbone, unfrozen_stage_count
+from ...errors import ProjectError
+from ..param_groups import backbone_stages, find_backbone, unfrozen_stage_count
 
 
 class StagedFinetuning(BaseFinetuning):

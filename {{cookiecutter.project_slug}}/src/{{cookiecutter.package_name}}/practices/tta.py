@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 MODES = ("flip", "flip_crops")
 CROP_FRACTION = 0.875  # of the image's height and width, as in the classic 10-crop evaluation

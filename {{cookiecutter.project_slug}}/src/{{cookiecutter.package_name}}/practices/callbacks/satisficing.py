@@ -42,7 +42,7 @@ from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy
 from pytorch_lightning.utilities import move_data_to_device, rank_zero_warn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ProjectError
+from ...errors import ProjectError
 
 try:
     import resource  # POSIX only

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 SCHEDULES = ("cosine", "onecycle", "sgdr", "step", "constant")
 ONECYCLE_DIV = 25.0  # OneCycleLR's div_factor: the cycle starts at lr / 25

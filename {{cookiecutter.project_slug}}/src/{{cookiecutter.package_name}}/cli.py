@@ -21,6 +21,7 @@ them against it (export.py).
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import random
@@ -31,7 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import Trainer
+import yaml
+from jsonargparse import Namespace
+from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
@@ -51,6 +54,50 @@ from .practices.precision import check_strategy_available, supported_precision
 from .practices.trainer import ProjectTrainer
 
 PACKAGE = __package__
+# Recipes that are not the model: each a callback with a config section of its own (not trainer.callbacks entries:
+# a second --config file would replace that whole list), joined to the Trainer's callbacks when switched on, for
+# the commands it serves. Image-only recipes are missing from projects without images (the module is not there).
+RECIPES = {
+    "finetuning": (".practices.callbacks.finetuning", "StagedFinetuning", ("fit",)),
+    "mixing": (".practices.callbacks.mixing", "MixupCutmix", ("fit",)),
+    "tta": (".practices.tta", "TestTimeAugmentation", ("test", "predict")),
+}
+# LightningCLI's own top-level --optimizer / --lr_scheduler would replace configure_optimizers and silently drop
+# the parameter groups, the schedule and fine-tuning; the model's own keys keep them.
+REFUSED_KEYS = {
+    "optimizer": "model.optimizer (e.g. --model.optimizer torch.optim.SGD --model.optimizer.lr 0.1)",
+    "lr_scheduler": "model.lr_scheduler (e.g. --model.lr_scheduler.name onecycle)",
+}
+
+
+def available_recipes() -> dict[str, type[Callback]]:
+    """The recipe callbacks this project has: config section -> class."""
+    recipes = {}
+    for section, (module_name, class_name, _) in RECIPES.items():
+        try:
+            module = importlib.import_module(module_name, __package__)
+        except ModuleNotFoundError:  # pruned at render: the project has no image input
+            continue
+        recipes[section] = getattr(module, class_name)
+    return recipes
+
+
+def task_class_path(task: Namespace | None) -> str | None:
+    """The task's class path, for the data's target reader (a parse-time link: the data is built first)."""
+    return None if task is None else task.class_path
+
+
+def image_data_config(network: Namespace | None) -> dict[str, Any] | None:
+    """What the network's image encoder needs of the data (input size, normalization), read from its config by the
+    network class's `data_config` (models/network.py); None when the class has none (the data's defaults apply)."""
+    if network is None:
+        return None
+    module_name, _, class_name = network.class_path.rpartition(".")
+    data_config = getattr(getattr(importlib.import_module(module_name), class_name), "data_config", None)
+    if data_config is None:
+        return None
+    init_args = network.get("init_args")
+    return data_config(**(init_args.as_dict() if init_args is not None else {}))
 # Commands that are not Trainer methods: name -> main(argv). repeat and cv run `fit` (main below) several times.
 PROJECT_COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "toy-data": toy.main,
@@ -91,15 +138,17 @@ class ProjectCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--runs_dir", default="runs", help="Folder that holds one sub-folder per run.")
         parser.add_lightning_class_args(LastEveryEpochCheckpoint, "checkpoint")
-        # A section of its own, not trainer.callbacks entries: a second --config file replaces that whole list.
+        # Sections of their own, not trainer.callbacks entries: a second --config file replaces that whole list.
         parser.add_class_arguments(Ensembles, "ensembles")
-        # The model's task decides how targets are read, its backbone the input size and normalization; the data
-        # decides the classes, the regression target scaling and the encoder sizes (features, vocabulary).
-        parser.link_arguments("model.task", "data.task")
-        parser.link_arguments("model.backbone", "data.backbone")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.target_stats", "model.target_stats", apply_on="instantiate")
-        parser.link_arguments("data.input_specs", "model.inputs", apply_on="instantiate")
+        for section, recipe in available_recipes().items():
+            parser.add_class_arguments(recipe, section)
+        # The model's task decides how targets are read, its network's image encoder the input size and
+        # normalization; the data decides the classes, the regression target scaling and the encoder sizes.
+        parser.link_arguments("model.init_args.task", "data.task_class", compute_fn=task_class_path)
+        parser.link_arguments("model.init_args.network", "data.image_config", compute_fn=image_data_config)
+        parser.link_arguments("data.class_names", "model.init_args.class_names", apply_on="instantiate")
+        parser.link_arguments("data.target_stats", "model.init_args.target_stats", apply_on="instantiate")
+        parser.link_arguments("data.input_specs", "model.init_args.inputs", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -128,9 +177,16 @@ class ProjectCLI(LightningCLI):
         self._started = time.perf_counter()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        ensembles = self._get(self.config_init, "ensembles").callbacks() if self.subcommand == "fit" else []
-        if ensembles:  # EMA / SWA / snapshots join the configured callbacks
-            kwargs["callbacks"] = _as_list(self._get(self.config_init, "trainer").get("callbacks")) + ensembles
+        recipes = [
+            recipe
+            for section, (_, _, commands) in RECIPES.items()
+            if self.subcommand in commands and (recipe := self._get(self.config_init, section, None)) is not None
+            if recipe.active
+        ]
+        if self.subcommand == "fit":  # EMA / SWA / snapshots
+            recipes += self._get(self.config_init, "ensembles").callbacks()
+        if recipes:  # first, so that e.g. the prediction writer sees the test-time-augmented outputs
+            kwargs["callbacks"] = recipes + _as_list(self._get(self.config_init, "trainer").get("callbacks"))
         trainer = super().instantiate_trainer(**kwargs)
         # Crash-safe checkpoint files, unless a strategy brings its own writer (DeepSpeed, sharded FSDP).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -215,8 +271,28 @@ def _one_line(error: BaseException) -> str:
     return re.sub(r"^[\w.]+Error: ", "", lines[-1]) if lines else type(error).__name__
 
 
+def refused_key(argv: list[str]) -> str | None:
+    """The one-line error for LightningCLI's own --optimizer / --lr_scheduler, on the command line or at the top of
+    a --config file; None when neither is used."""
+    keys = {arg.split("=")[0][2:].split(".")[0] for arg in argv if arg.startswith("--")}
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--config" and Path(value).is_file():
+            config = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            keys |= set(config) if isinstance(config, dict) else set()
+    for key, instead in REFUSED_KEYS.items():
+        if key in keys:
+            return (
+                f"{key} is not a key of this project: set {instead}, which keeps the parameter groups, "
+                "the LR schedule and fine-tuning working"
+            )
+    return None
+
+
 def main(args: list[str] | None = None) -> ProjectCLI | None:
     argv = sys.argv[1:] if args is None else args
+    refused = refused_key(argv)
+    if refused:
+        sys.exit(f"error: {refused}")
     if argv and argv[0] in PROJECT_COMMANDS:
         try:
             PROJECT_COMMANDS[argv[0]](argv[1:])
@@ -235,6 +311,8 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
         cli = ProjectCLI(
             Model,
             DataModule,
+            subclass_mode_model=True,  # a user's own LightningModule runs through `--model.class_path`
+            auto_configure_optimizers=False,  # the model's optimizer / lr_scheduler keys instead (REFUSED_KEYS)
             trainer_class=ProjectTrainer,
             trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
             save_config_callback=SaveAndLogConfig,

@@ -1,222 +1,118 @@
-"""The LightningModule: network + task, one loop for train/val/test, optimizer and schedule.
+"""The LightningModule: a network and a task, one loop for train/val/test, the optimizer over parameter groups.
 
-Extend this class for your project. The network (`models/network.py`) maps a batch dict to outputs; the task
-(`tasks/`) owns loss, metrics and how predictions are written, so the steps below stay the same for every
-task and modality.
+Extend this class for your project (README, "Extending the model"). It receives its parts instead of building
+them from flags, so each is chosen in the config (`model.init_args.<part>`):
+
+    task          loss, metrics, activation and prediction rows (tasks/); its own options, e.g. label_smoothing
+    network       encoders -> fusion -> head (models/); any nn.Module class taking (inputs, num_outputs) first
+    optimizer     any torch optimizer; it receives the parameter groups (weight decay on weights only,
+                  discriminative LRs), so groups, schedule and fine-tuning work with SGD as with AdamW
+    lr_scheduler  the per-step LR schedule (practices/schedules.py): cosine, onecycle, sgdr, step or constant
+
+`inputs`, `class_names` and `target_stats` come from the data (the CLI links them). Recipes that are not the
+model (mixup / cutmix, staged fine-tuning, test-time augmentation, EMA / SWA) are callbacks configured in their
+own config sections; the machinery reads this module only through `contract.ProjectModule`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
 
-from .practices.callbacks.finetuning import StagedFinetuning
-from .practices.averaging import outputs_from_activations
-from .practices.mixing import build_mixing
-from .models.encoders import build_encoder
-from .models.fusion import build_fusion
 from .models.network import Network
-from .practices.param_groups import check_finetune_args, find_backbone, param_groups
+from .practices.param_groups import check_param_group_args, find_backbone, param_groups
 from .practices.provenance import provenance
 from .practices.schedules import Schedule, stepping
-from .tasks import build_task
-from .practices.tta import check_tta, tta_activations
+from .tasks import Task
+
+# What builds the network: an nn.Module class whose constructor starts with (inputs, num_outputs).
+NetworkFactory = Callable[[dict[str, dict[str, Any]], int], nn.Module]
+# What builds the optimizer from the parameter groups (LightningCLI's OptimizerCallable).
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 class Model(pl.LightningModule):
-    """Encoders (one per input) -> fusion -> head, trained for one task.
+    """A network trained for one task.
 
     Args:
-        task: multiclass, binary, multilabel, regression or segmentation (the project's own, see tasks/).
+        task: the task (tasks/), bound here to the data's class names.
+        network: builds the network from the data's inputs and the task's output width (models/network.py).
+        optimizer: builds the optimizer from the parameter groups; its `lr` is the peak LR of the head.
+        lr_scheduler: the LR schedule, stepped every optimizer step; None: the optimizer's LR throughout.
+        lr_ratio: discriminative LRs: each backbone stage (timm's stage groups) trains at the LR of the next stage
+            divided by lr_ratio, the last stage at lr / lr_ratio, the head and new layers at lr. 1 = one LR.
+        layer_decay: timm-style layer-wise LR decay instead of lr_ratio (e.g. 0.75 per block); None = off.
+        inputs: what each input holds (feature counts, a vocabulary size); filled in from the data.
         class_names: classes / labels / target names in output order; filled in from the data.
         target_stats: regression: train mean and std of every target; filled in from the data.
-        inputs: what each input holds (e.g. tabular feature counts, a vocabulary size); filled in from the data.
-        backbone: any timm model name, e.g. "resnet18", "convnext_tiny", "efficientnet_b0.ra_in1k".
-        pretrained: load the backbone's pretrained weights from the Hugging Face hub.
-        pretrained_file: load the backbone's weights from this local file instead (safetensors or state dict).
-        hidden_dim: width of the tabular MLP and of the sequence encoder.
-        sequence_encoder: "gru" (bidirectional) or "transformer".
-        fusion: how several inputs are combined: none (one input), concat, late or gated (models/fusion.py).
-        fusion_dim: the low-dimensional feature each input is projected to before fusing.
-        dropout: dropout before the output layer (and inside the tabular / sequence encoders).
-        label_smoothing: multiclass: cross-entropy label smoothing (0 = off); also smooths mixup / cutmix targets.
-        mixup_alpha: image classification: mixup of training batches, lam ~ Beta(alpha, alpha), e.g. 0.2-0.8;
-            0 = off (mixing.py: timm's Mixup, the task's soft-target loss, metrics on the hard labels).
-        cutmix_alpha: image classification: cutmix of training batches, e.g. 1.0; 0 = off.
-        mixup_prob: share of training batches mixed (with both alphas > 0, each uses one of the two, 50/50).
-        mixup_off_epoch: no mixing from this epoch on (train the last epochs on clean images); None: never.
-        pos_weight: binary: weight of positive samples in the loss, e.g. n_negative / n_positive for rare positives.
-        regression_loss: regression: "mse" or "huber" (less sensitive to outliers).
-        dice_weight: segmentation: weight of the Dice loss added to the cross-entropy.
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay, applied to weights only (not to biases or normalization layers).
-        schedule: the LR schedule, stepped every optimizer step (schedules.py): "cosine" (linear warmup, then
-            cosine decay), "onecycle", "sgdr" (cosine with warm restarts), "step" or "constant".
-        warmup_fraction: warmup length as a fraction of all optimizer steps (used when the two below are null).
-        warmup_steps: warmup length in optimizer steps.
-        warmup_epochs: warmup length in epochs (not both warmup_steps and warmup_epochs).
-        min_lr_ratio: cosine, onecycle and each sgdr cycle end at lr * min_lr_ratio.
-        restart_epochs: sgdr: length of the first cycle in epochs.
-        restart_mult: sgdr: each cycle is this many times longer than the one before.
-        step_epochs: step: multiply the LR by step_gamma every step_epochs epochs.
-        step_gamma: step: the decay factor.
-        finetune: the image backbone: "finetune" (every layer trains), "frozen" (a fixed feature extractor:
-            no gradients, eval mode) or "gradual" (the head alone first, then one backbone stage at a time,
-            the last first; callbacks/finetuning.py).
-        unfreeze_after: gradual: epochs of head-only training before the first backbone stage unfreezes.
-        unfreeze_every: gradual: epochs between unfreezing two stages.
-        lr_ratio: discriminative LRs: each backbone stage (timm's stage groups) trains at the LR of the next
-            stage divided by lr_ratio, the last stage at lr / lr_ratio, the head and new layers at lr (optim.py).
-            1 = one LR for all; 3 to 10 is usual when fine-tuning pretrained weights.
-        layer_decay: timm-style layer-wise LR decay instead of lr_ratio: timm's finer block groups at
-            lr * layer_decay ** depth (e.g. 0.75); null = off.
-        freeze_bn: keep the backbone's BatchNorm running statistics fixed (eval mode) while it fine-tunes.
-        channels_last: NHWC memory layout for the network and its image inputs (faster convolutions with
-            mixed precision on tensor-core GPUs; usually slower on CPUs).
-        compile: `torch.compile` the network (the first steps are slow while it compiles; checkpoints keep
-            the same keys, so they load with or without it).
-        tta: test-time augmentation at test and predict (image inputs): null, "flip" or "flip_crops" (tta.py).
-            Not saved with the hyperparameters, so a checkpoint never overrides the command line's choice.
+        channels_last: NHWC memory layout for the network and its image inputs (faster convolutions with mixed
+            precision on tensor-core GPUs; usually slower on CPUs).
+        compile: `torch.compile` the network (slow first steps; checkpoints keep the same keys).
     """
 
     def __init__(
         self,
-        task: str = "multiclass",
-        class_names: list[str] | None = None,
-        target_stats: dict[str, list[float]] | None = None,
-        inputs: dict[str, dict[str, Any]] | None = None,
-        backbone: str = "resnet18",
-        pretrained: bool = True,
-        pretrained_file: str | None = None,
-        hidden_dim: int = 128,
-        sequence_encoder: str = "gru",
-        fusion: str = "none",
-        fusion_dim: int = 64,
-        dropout: float = 0.0,
-        label_smoothing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        mixup_prob: float = 1.0,
-        mixup_off_epoch: int | None = None,
-        pos_weight: float | None = None,
-        regression_loss: str = "mse",
-        dice_weight: float = 1.0,
-        lr: float = 3e-4,
-        weight_decay: float = 0.05,
-        warmup_fraction: float = 0.05,
-        min_lr_ratio: float = 0.01,
-        schedule: str = "cosine",
-        warmup_steps: int | None = None,
-        warmup_epochs: float | None = None,
-        restart_epochs: int = 10,
-        restart_mult: int = 1,
-        step_epochs: int = 10,
-        step_gamma: float = 0.1,
-        finetune: str = "finetune",
-        unfreeze_after: int = 1,
-        unfreeze_every: int = 1,
+        task: Task,
+        network: NetworkFactory = Network,
+        optimizer: OptimizerFactory = torch.optim.AdamW,
+        lr_scheduler: Schedule | None = None,
         lr_ratio: float = 1.0,
         layer_decay: float | None = None,
-        freeze_bn: bool = False,
+        inputs: dict[str, dict[str, Any]] | None = None,
+        class_names: list[str] | None = None,
+        target_stats: dict[str, list[float]] | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        tta: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["tta"])
-        inputs = inputs or {"image": {}}  # filled in from the data by the CLI; an image classifier when built bare
-        self.tta = check_tta(tta, inputs)
-        self.task = build_task(
-            task,
-            class_names or ["0", "1"],
-            target_stats=target_stats,
-            label_smoothing=label_smoothing,
-            pos_weight=pos_weight,
-            loss=regression_loss,
-            dice_weight=dice_weight,
-        )
-        self.network = self._build_network(inputs)
-        self.mixing = build_mixing(
-            task, self.task.num_outputs, inputs, mixup_alpha, cutmix_alpha, mixup_prob,
-            mixup_off_epoch, label_smoothing,
-        )  # fmt: skip
-        self.lr_schedule = Schedule(  # checks the schedule's values now, not when training starts
-            name=schedule,
-            warmup_fraction=warmup_fraction,
-            warmup_steps=warmup_steps,
-            warmup_epochs=warmup_epochs,
-            min_lr_ratio=min_lr_ratio,
-            restart_epochs=restart_epochs,
-            restart_mult=restart_mult,
-            step_epochs=step_epochs,
-            step_gamma=step_gamma,
-        )
-        has_backbone = find_backbone(self.network) is not None
-        check_finetune_args(has_backbone, finetune, lr_ratio, layer_decay, freeze_bn, unfreeze_after, unfreeze_every)
+        self.save_hyperparameters(ignore=["task", "network", "optimizer"] if not _from_cli(self) else [])
+        self.inputs = inputs or {"image": {}}  # filled in from the data by the CLI; an image model when built bare
+        self.task = task.bind(class_names or ["0", "1"], target_stats)
+        self.network = network(self.inputs, self.task.num_outputs)
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_scheduler
+        self.lr_ratio, self.layer_decay = lr_ratio, layer_decay
+        check_param_group_args(find_backbone(self.network) is not None, lr_ratio, layer_decay)
+        self.channels_last, self.compile_network = channels_last, compile
         self.train_metrics = self.task.metrics().clone(prefix="train/")
         self.val_metrics = self.task.metrics().clone(prefix="val/")
         self.test_metrics = self.task.metrics().clone(prefix="test/")
-        self.test_tta_metrics = self.task.metrics().clone(prefix="test_tta/")
-
-    def _build_network(self, inputs: dict[str, dict[str, Any]]) -> torch.nn.Module:
-        hp = self.hparams
-        if hp.task == "segmentation":
-            from .models.segmentation import SegmentationNetwork
-
-            return SegmentationNetwork(
-                hp.backbone, self.task.num_outputs, hp.pretrained, hp.pretrained_file, dropout=hp.dropout
-            )
-        encoders = {
-            name: build_encoder(
-                name,
-                spec,
-                backbone=hp.backbone,
-                pretrained=hp.pretrained,
-                pretrained_file=hp.pretrained_file,
-                hidden_dim=hp.hidden_dim,
-                sequence_encoder=hp.sequence_encoder,
-                dropout=hp.dropout,
-            )
-            for name, spec in inputs.items()
-        }
-        dims = {name: encoder.out_features for name, encoder in encoders.items()}
-        return Network(encoders, build_fusion(hp.fusion, dims, self.task.num_outputs, hp.fusion_dim, hp.dropout))
-
-    def on_fit_start(self) -> None:
-        hp, datamodule = self.hparams, getattr(self.trainer, "datamodule", None)
-        if "image" in (hp.inputs or {"image": {}}) and (hp.pretrained or hp.pretrained_file) and datamodule is not None:
-            from .models.encoders.image import input_size_mismatch
-
-            warning = input_size_mismatch(hp.backbone, datamodule.hparams.get("image_size"))
-            if warning:
-                rank_zero_warn(warning)
 
     def configure_model(self) -> None:
         # Called by the Trainer once the module is on its device, before the optimizer is built.
-        if self.hparams.channels_last:
+        if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.compile_network and not getattr(self, "_compiled", False):
             self.network.compile()  # in place: parameter names and checkpoints are unchanged
             self._compiled = True
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self.hparams.channels_last and "image" in batch:
-            batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
-        return self.network(batch)
+        """The task's raw outputs for a batch dict (the network's forward)."""
+        return self.network(self._layout(batch))
 
-    # One loop for every stage: outputs -> loss -> metrics -> log.
+    def _layout(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.channels_last and "image" in batch:
+            return {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+        return batch
+
+    def compute_loss(
+        self, outputs: torch.Tensor, batch: dict[str, Any], features: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The training objective. Override to add terms (an auxiliary loss reads `features`, the network's
+        per-input features). A batch mixed by mixup / cutmix carries its blended targets as "soft_target"."""
+        if "soft_target" in batch:
+            return self.task.soft_loss(outputs, batch["soft_target"])
+        return self.task.loss(outputs, batch["target"])
+
+    # One loop for every stage: features -> outputs -> loss -> metrics -> log.
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        soft_target = None
-        if stage == "train" and self.mixing:  # mixup / cutmix: mixed images, soft targets (None: not mixed)
-            batch, soft_target = self.mixing(batch, self.current_epoch)
-        outputs = self(batch)
-        if soft_target is None:
-            loss = self.task.loss(outputs, batch["target"])
-        else:
-            loss = self.task.soft_loss(outputs, soft_target)
+        features = self.network.forward_features(self._layout(batch))
+        outputs = self.network.forward_head(features)
+        loss = self.compute_loss(outputs, batch, features)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(*self.task.metric_inputs(outputs.detach(), batch["target"]))
         on_step, size = stage == "train", len(batch["target"])
@@ -233,37 +129,35 @@ class Model(pl.LightningModule):
         return self._shared_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, "test")
-        if self.tta:  # the same batch averaged over augmented views, reported next to test/* as test_tta/*
-            outputs = outputs_from_activations(self.task, tta_activations(self, batch, self.tta))
-            self.test_tta_metrics.update(*self.task.metric_inputs(outputs, batch["target"]))
-            self.log_dict(self.test_tta_metrics, on_step=False, on_epoch=True, batch_size=len(batch["target"]))
-        return loss
+        return self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        activated = tta_activations(self, batch, self.tta) if self.tta else self.task.activation(self(batch))
-        return {"id": batch["id"], "outputs": activated.float().cpu()}
+        # Activations (probabilities, values in target units); a TTA callback may replace them with an average.
+        return {"id": batch["id"], "outputs": self.task.activation(self(batch)).float().cpu()}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # Weight decay on weights only; backbone stages at discriminative LRs; all groups from the start (optim.py).
-        hp = self.hparams
-        groups = param_groups(
-            self, find_backbone(self.network), hp.lr, hp.weight_decay, lr_ratio=hp.lr_ratio, layer_decay=hp.layer_decay
-        )
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        # Weight decay on weights only; backbone stages at discriminative LRs (practices/param_groups.py). The
+        # groups carry an `lr_scale`, applied to whatever LR the configured optimizer starts with.
+        groups = param_groups(self, find_backbone(self.network), lr_ratio=self.lr_ratio, layer_decay=self.layer_decay)
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        if self.lr_schedule is None:
+            return {"optimizer": optimizer}
         scheduler = self.lr_schedule.build(optimizer, *stepping(self.trainer))
         # interval="step": Lightning's default is per epoch, which would hold warmup for a whole epoch.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        # Frozen / gradually unfrozen backbone stages and frozen BatchNorm statistics.
-        hp = self.hparams
-        if hp.finetune == "finetune" and not hp.freeze_bn:
-            return []
-        return [StagedFinetuning(hp.finetune, hp.unfreeze_after, hp.unfreeze_every, hp.freeze_bn)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What is needed to reproduce this checkpoint: code version and data identity.
         checkpoint["provenance"] = provenance(getattr(self.trainer, "datamodule", None))
         # The logger runs (W&B run id, TensorBoard/CSV version) a resumed fit continues instead of starting anew.
         checkpoint["logger_versions"] = [logger.version for logger in self.trainer.loggers]
+
+
+def _from_cli(module: pl.LightningModule) -> bool:
+    """True while LightningCLI builds the module: it then hands `save_hyperparameters` the config (class paths and
+    init args) of every part, which is what checkpoints should keep; built in Python, the parts are objects."""
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None

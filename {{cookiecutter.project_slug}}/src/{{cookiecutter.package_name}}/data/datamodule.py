@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from ..tasks import load_task_class
 from .table import Reader, Row, read_csv
 
 PACKAGE = __package__.split(".")[0]
 SPLITS = ("train", "val", "test")
-CLASSIFICATION = ("multiclass", "binary")
 
 
 def split_off(
@@ -119,9 +119,11 @@ class DataModule(pl.LightningDataModule):
 
     Args:
         root: dataset folder: train.csv (+ val.csv, test.csv), or train/ (+ val/, test/) with class folders.
-        task: the task type (linked from model.task): decides how the target column is read.
-        backbone: the model's timm backbone (linked from model.backbone): input size and normalization.
-        image_size: image side in pixels; None uses the backbone's pretrained input size.
+        task_class: the task's class path (linked from model.init_args.task): its `target_reader` reads the
+            targets. A module name of tasks/ ("multiclass") works too.
+        image_config: what the network's image encoder expects (linked from model.init_args.network): input
+            size, normalization, interpolation; None or {}: ImageNet statistics, and image_size must be set.
+        image_size: image side in pixels; None uses the image encoder's input size.
         image_column: CSV column with each image's path (relative to root); None: no image input.
         mask_column: segmentation: CSV column with each mask's path (pixel value = class index).
         numeric_columns: tabular numeric feature columns (standardized with train statistics, missing imputed).
@@ -154,8 +156,8 @@ class DataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str = "data/toy",
-        task: str = "multiclass",
-        backbone: str = "resnet18",
+        task_class: str = "multiclass",
+        image_config: dict[str, Any] | None = None,
         image_size: int | None = None,
         image_column: str | None = None,
         mask_column: str = "mask",
@@ -191,13 +193,14 @@ class DataModule(pl.LightningDataModule):
                 f"data.num_folds={num_folds}, data.fold={fold}: num_folds must be >= 2 (or null: no folds) "
                 "and fold in 0 .. num_folds - 1"
             )
+        self.task_class = load_task_class(task_class)
         self.target_columns = list(target_columns or ["target"])
         self.folder_layout = not (self.root / "train.csv").is_file()
         if self.folder_layout and not (self.root / "train").is_dir():
             raise DataError(f"{self.root} has neither train.csv (a manifest) nor train/ (class folders)")
-        if self.folder_layout and task not in CLASSIFICATION:
+        if self.folder_layout and not self.task_class.class_folder_labels:
             raise DataError(
-                f"class folders hold multiclass or binary labels; a {task} task reads {self.root}/train.csv"
+                f"class folders hold class labels; a {self.task_class.__name__} reads {self.root}/train.csv"
             )
         # Everything is read here, not in setup(), so the model can be built from what the data holds.
         self.inputs: dict[str, Reader] = self._input_readers()
@@ -226,8 +229,8 @@ class DataModule(pl.LightningDataModule):
         if self.folder_layout or hp.image_column:
             from .image import ImageDataConfig, ImageReader
 
-            self.data_config = ImageDataConfig.for_backbone(hp.backbone, hp.image_size)
-            mask = hp.mask_column if hp.task == "segmentation" else None
+            self.data_config = ImageDataConfig.for_encoder(hp.image_config, hp.image_size)
+            mask = hp.mask_column if self.task_class.reads_masks else None
             readers["image"] = ImageReader(self.data_config, hp.image_column or "image", mask, hp.augment)
             if hp.image_size_schedule:
                 from .augment import SizeSchedule
@@ -251,22 +254,10 @@ class DataModule(pl.LightningDataModule):
         return readers
 
     def _target_reader(self) -> Reader | None:
-        from .targets import ClassTarget, MultilabelTarget, RegressionTarget
-
-        task, column, classes = self.hparams.task, self.target_columns[0], self.hparams.classes
-        if task in CLASSIFICATION:
-            return ClassTarget(column, classes, binary=task == "binary")
-        if task == "multilabel":
-            return MultilabelTarget(column, classes)
-        if task == "regression":
-            return RegressionTarget(self.target_columns)
-        if task == "segmentation":
-            if "image" not in self.inputs:
-                raise DataError("segmentation needs images: set data.image_column (and data.mask_column)")
-            return None  # the image reader reads each mask with its image
-        raise DataError(
-            f"data.task={task!r} is not a task type (multiclass, binary, multilabel, regression, segmentation)"
-        )
+        if self.task_class.reads_masks and "image" not in self.inputs:
+            raise DataError("segmentation needs images: set data.image_column (and data.mask_column)")
+        # None: the target is read with the input (a segmentation mask, by the image reader).
+        return self.task_class.target_reader(self.target_columns, self.hparams.classes)
 
     def _readers(self) -> list[Reader]:
         return [*self.inputs.values(), *([self.target_reader] if self.target_reader else [])]
@@ -298,7 +289,7 @@ class DataModule(pl.LightningDataModule):
     def _required_columns(self) -> list[str]:
         hp = self.hparams
         columns = [hp.image_column, hp.sequence_column, *(hp.numeric_columns or []), *(hp.categorical_columns or [])]
-        columns += [hp.mask_column] if hp.task == "segmentation" else self.target_columns
+        columns += [hp.mask_column] if self.task_class.reads_masks else self.target_columns
         return [column for column in columns if column]
 
     def _read_splits(self) -> dict[str, list[Row]]:

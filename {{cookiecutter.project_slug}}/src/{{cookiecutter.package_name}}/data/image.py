@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy
-import timm
+from pytorch_lightning.utilities import rank_zero_warn
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
@@ -23,12 +23,14 @@ from ..errors import DataError
 from .augment import random_ops, resolve_preset
 from .table import Row
 
+# Used when the image encoder names no normalization of its own (a network trained from scratch).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
 @dataclass(frozen=True)
 class ImageDataConfig:
-    """Input size and normalization the backbone was pretrained with (or `image_size` when overridden)."""
+    """Input size and normalization the image encoder expects (or `image_size` when overridden)."""
 
     image_size: int
     mean: tuple[float, float, float]
@@ -36,13 +38,28 @@ class ImageDataConfig:
     interpolation: str = "bilinear"
 
     @classmethod
-    def for_backbone(cls, backbone: str, image_size: int | None = None) -> ImageDataConfig:
-        cfg = timm.get_pretrained_cfg(backbone)
-        if cfg is None:
-            raise DataError(f"model.backbone={backbone!r} has no timm pretrained config to take normalization from")
-        size = image_size or cfg.input_size[-1]
-        interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
-        return cls(size, tuple(cfg.mean), tuple(cfg.std), interpolation)
+    def for_encoder(cls, image_config: dict[str, Any] | None, image_size: int | None = None) -> ImageDataConfig:
+        """From what the network's image encoder expects (its `data_config`, linked in by the CLI): its input
+        size unless `image_size` overrides it, its normalization (ImageNet statistics when it names none)."""
+        config = image_config or {}
+        source = config.get("source", "the image encoder")
+        size = image_size or config.get("image_size")
+        if not size:
+            raise DataError(f"data.image_size is null and {source} names no input size: set data.image_size")
+        trained_at = config.get("image_size")
+        if config.get("pretrained") and trained_at and not trained_at / 2 < size < trained_at * 2:
+            rank_zero_warn(
+                f"{source} was pretrained on {trained_at} px images but data.image_size={size}: pretrained "
+                f"features transfer poorly that far from their scale; use an image_size near {trained_at}, or "
+                "pretrained: false"
+            )
+        interpolation = config.get("interpolation", "bilinear")
+        return cls(
+            int(size),
+            tuple(config.get("mean", IMAGENET_MEAN)),
+            tuple(config.get("std", IMAGENET_STD)),
+            interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear",
+        )
 
     def transform(self, train: bool, augment: str | bool = "light", masks: bool = False) -> T.Compose:
         """Train: the `augment` preset's random ops (data/augment.py; `masks`: keep segmentation masks aligned);
@@ -140,7 +157,7 @@ class ImageReader:
         }
 
     def fit(self, rows: list[Row]) -> None:
-        """Nothing to learn: normalization comes from the backbone's pretrained config."""
+        """Nothing to learn: normalization comes from the image encoder's config."""
 
     def check(self, rows: list[Row]) -> None:
         for row in rows:

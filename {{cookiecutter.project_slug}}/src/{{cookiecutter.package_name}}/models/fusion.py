@@ -1,12 +1,13 @@
-"""Fusion: combine the per-modality features into task outputs (every fusion module includes the head).
+"""Fusion: combine the per-modality features into task outputs, ending in the head it is given.
 
 Each module maps ``features: dict[str, Tensor[B, D_m]]`` (one entry per modality, keyed like the batch) to
-``[B, out_features]``. Inputs are handled in ``sorted(feature_dims)`` order, so adding a modality touches no
-code here: only its encoder and reader. Final layers are ``LinearHead``s (near-zero initial outputs, so the
-loss starts at chance).
+``[B, num_outputs]``. Inputs are handled in ``sorted(feature_dims)`` order, so adding a modality touches no
+code here: only its encoder and reader. The network hands every fusion ``make_head`` (in_features -> head,
+models/heads.py), so the head is chosen in the config, not here; a fusion is registered like the other parts
+(``@register("fusion", name)``) and built from ``model.network.init_args.fusion: {name: ..., fusion_dim: ...}``.
 
 Which one to pick:
-- ``none``: exactly one input; dropout + linear head on the encoder's features.
+- ``none``: exactly one input; the head reads the encoder's features.
 - ``concat`` (default for several inputs, cheap): project each input to ``fusion_dim`` (so a 512-d image
   feature does not drown an 8-d tabular one), concatenate, one hidden layer, head. Learns interactions between
   inputs (e.g. "the image matters only when the lab value is high").
@@ -21,16 +22,19 @@ Which one to pick:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .heads import LinearHead
+from .registry import register
 
-FUSION_KINDS = ("none", "concat", "late", "gated")
 # Share of the gates spread evenly over the inputs: each input keeps a gate >= GATE_FLOOR / M. Without it the
 # gates saturate to 0/1 within a few dozen steps and a closed gate cuts an input off for good (the XOR test in
 # tests/test_fusion.py then stalls at 3 of 4 cells for about 1 seed in 4; with it, 8 of 8 seeds learn it).
 GATE_FLOOR = 0.2
+# in_features -> the head (models/heads.py) the fusion ends in; late fusion makes one per input.
+MakeHead = Callable[[int], nn.Module]
 
 
 def _projection(in_features: int, fusion_dim: int) -> nn.Module:
@@ -43,11 +47,23 @@ class _Fusion(nn.Module):
 
     kind = ""
 
-    def __init__(self, feature_dims: dict[str, int], out_features: int):
+    many_inputs = True  # False: exactly one input (NoFusion)
+
+    def __init__(self, feature_dims: dict[str, int]):
         super().__init__()
         self.names = tuple(sorted(feature_dims))
+        bad = {name: d for name, d in feature_dims.items() if not isinstance(d, int) or d < 1}
+        if not self.names or bad:
+            raise ValueError(f"{self.kind} fusion: needs positive integer feature widths, got {dict(feature_dims)}")
+        if self.many_inputs and len(self.names) < 2:
+            raise ValueError(
+                f"fusion {self.kind!r} combines at least two inputs, got {list(self.names)}; use fusion 'none' for one"
+            )
+        if not self.many_inputs and len(self.names) != 1:
+            raise ValueError(
+                f"fusion 'none' takes exactly one input, got {list(self.names)}; choose concat, late or gated for several"
+            )
         self.feature_dims = {name: int(feature_dims[name]) for name in self.names}
-        self.out_features = out_features
 
     def _inputs(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The features in ``self.names`` order, after checking the keys and shapes."""
@@ -71,29 +87,34 @@ class _Fusion(nn.Module):
         return inputs
 
 
+@register("fusion", "none")
 class NoFusion(_Fusion):
-    """One input: dropout + linear head."""
+    """One input: its features go straight to the head."""
 
     kind = "none"
+    many_inputs = False
 
-    def __init__(self, feature_dims: dict[str, int], out_features: int, dropout: float = 0.0):
-        super().__init__(feature_dims, out_features)
-        self.head = LinearHead(self.feature_dims[self.names[0]], out_features, dropout)
+    def __init__(self, feature_dims: dict[str, int], make_head: MakeHead):
+        super().__init__(feature_dims)
+        self.head = make_head(self.feature_dims[self.names[0]])
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self._inputs(features)[0])
 
 
+@register("fusion", "concat")
 class ConcatFusion(_Fusion):
     """Project each input, concatenate, one hidden layer, head."""
 
     kind = "concat"
 
-    def __init__(self, feature_dims: dict[str, int], out_features: int, fusion_dim: int = 64, dropout: float = 0.0):
-        super().__init__(feature_dims, out_features)
+    def __init__(self, feature_dims: dict[str, int], make_head: MakeHead, fusion_dim: int = 64):
+        super().__init__(feature_dims)
+        if fusion_dim < 1:
+            raise ValueError(f"{self.kind} fusion: fusion_dim must be >= 1, got {fusion_dim}")
         self.projections = nn.ModuleDict({n: _projection(d, fusion_dim) for n, d in self.feature_dims.items()})
         self.mix = nn.Sequential(nn.Linear(len(self.names) * fusion_dim, fusion_dim), nn.GELU())
-        self.head = LinearHead(fusion_dim, out_features, dropout)
+        self.head = make_head(fusion_dim)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = self._inputs(features)
@@ -101,16 +122,19 @@ class ConcatFusion(_Fusion):
         return self.head(self.mix(torch.cat(projected, dim=1)))
 
 
+@register("fusion", "late")
 class LateFusion(_Fusion):
     """One predictor per input; outputs combined with learned weights softmax(w) (equal at the start)."""
 
     kind = "late"
 
-    def __init__(self, feature_dims: dict[str, int], out_features: int, fusion_dim: int = 64, dropout: float = 0.0):
-        super().__init__(feature_dims, out_features)
+    def __init__(self, feature_dims: dict[str, int], make_head: MakeHead, fusion_dim: int = 64):
+        super().__init__(feature_dims)
+        if fusion_dim < 1:
+            raise ValueError(f"{self.kind} fusion: fusion_dim must be >= 1, got {fusion_dim}")
         self.heads = nn.ModuleDict(
             {
-                n: nn.Sequential(_projection(d, fusion_dim), LinearHead(fusion_dim, out_features, dropout))
+                n: nn.Sequential(_projection(d, fusion_dim), make_head(fusion_dim))
                 for n, d in self.feature_dims.items()
             }
         )
@@ -128,6 +152,7 @@ class LateFusion(_Fusion):
         return torch.einsum("m,mbo->bo", weights, outputs)
 
 
+@register("fusion", "gated")
 class GatedFusion(_Fusion):
     """Project each input; per-sample softmax gates scale each projection; concatenate, hidden layer, head.
 
@@ -139,8 +164,10 @@ class GatedFusion(_Fusion):
 
     kind = "gated"
 
-    def __init__(self, feature_dims: dict[str, int], out_features: int, fusion_dim: int = 64, dropout: float = 0.0):
-        super().__init__(feature_dims, out_features)
+    def __init__(self, feature_dims: dict[str, int], make_head: MakeHead, fusion_dim: int = 64):
+        super().__init__(feature_dims)
+        if fusion_dim < 1:
+            raise ValueError(f"{self.kind} fusion: fusion_dim must be >= 1, got {fusion_dim}")
         self.projections = nn.ModuleDict({n: _projection(d, fusion_dim) for n, d in self.feature_dims.items()})
         self.scorer = nn.Sequential(
             nn.Linear(len(self.names) * fusion_dim, fusion_dim), nn.GELU(), nn.Linear(fusion_dim, len(self.names))
@@ -148,7 +175,7 @@ class GatedFusion(_Fusion):
         nn.init.zeros_(self.scorer[-1].weight)  # equal gates at the start
         nn.init.zeros_(self.scorer[-1].bias)
         self.mix = nn.Sequential(nn.Linear(len(self.names) * fusion_dim, fusion_dim), nn.GELU())
-        self.head = LinearHead(fusion_dim, out_features, dropout)
+        self.head = make_head(fusion_dim)
         self.last_gates: dict[str, torch.Tensor] = {}  # name -> [B] gates of the latest forward (detached)
 
     def mean_gates(self) -> dict[str, float]:
@@ -166,32 +193,3 @@ class GatedFusion(_Fusion):
         # Scaled by M so that equal gates leave the features unchanged (gated == concat at the start).
         gated = len(self.names) * gates.unsqueeze(-1) * projected
         return self.head(self.mix(gated.flatten(1)))
-
-
-def build_fusion(
-    kind: str, feature_dims: dict[str, int], out_features: int, fusion_dim: int = 64, dropout: float = 0.0
-) -> nn.Module:
-    """The fusion module (head included) for inputs of widths ``feature_dims`` (modality name -> D_m)."""
-    if kind not in FUSION_KINDS:
-        raise ValueError(f"unknown fusion {kind!r}; choose one of {list(FUSION_KINDS)}")
-    if not feature_dims:
-        raise ValueError(f"{kind} fusion needs at least one input, got none")
-    bad = {name: d for name, d in feature_dims.items() if not isinstance(d, int) or d < 1}
-    if bad:
-        raise ValueError(f"{kind} fusion: feature widths must be positive integers, got {bad}")
-    if out_features < 1 or fusion_dim < 1 or not 0.0 <= dropout < 1.0:
-        raise ValueError(
-            f"{kind} fusion: need out_features >= 1, fusion_dim >= 1 and 0 <= dropout < 1, "
-            f"got {out_features}, {fusion_dim}, {dropout}"
-        )
-    inputs = sorted(feature_dims)
-    if kind == "none":
-        if len(inputs) != 1:
-            raise ValueError(
-                f"fusion 'none' takes exactly one input, got {inputs}; choose concat, late or gated for several inputs"
-            )
-        return NoFusion(feature_dims, out_features, dropout)
-    if len(inputs) < 2:
-        raise ValueError(f"fusion {kind!r} combines at least two inputs, got {inputs}; use fusion 'none' for one input")
-    fusion_class = {"concat": ConcatFusion, "late": LateFusion, "gated": GatedFusion}[kind]
-    return fusion_class(feature_dims, out_features, fusion_dim, dropout)

@@ -348,7 +348,8 @@ def export_network(
     """Export `model` (the project's Model with its weights loaded) and check every file against it.
 
     Args:
-        model: gives `network`, `task` (its activation, class names) and `hparams.inputs` (the batch keys it reads);
+        model: gives `network`, `task` (its activation, class names) and `inputs` (the batch keys it reads;
+            contract.py);
             moved to the CPU in float32 and eval mode.
         dataset: samples for the example and check batches (the val split).
         output_dir: where the files and export.json go.
@@ -366,7 +367,7 @@ def export_network(
     versions = {"torch": torch.__version__, **(require_onnx() if "onnx" in chosen else {})}
     model = model.cpu().float().eval()
     task = model.task
-    keys = sorted(getattr(model.hparams, "inputs", None) or {"image": {}})
+    keys = sorted(model.inputs)
     example_batch = sample_batch(dataset, batch_size)
     names = input_names(example_batch, keys)
     deployed = DeployedModel(model.network, task.activation, names).eval()

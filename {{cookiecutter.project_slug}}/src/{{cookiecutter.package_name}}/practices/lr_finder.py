@@ -10,7 +10,7 @@ so its first values are about half the real loss and the curve rises over the fi
 fall. Here the raw loss of every step is recorded too and smoothed with a centred moving average (about a tenth of
 the sweep wide): no start-up bias and no lag to shift the curve to higher learning rates.
 
-Every parameter group is swept at the same learning rate, so the result is the peak LR, `--model.lr`; ratios
+Every parameter group is swept at the same learning rate, so the result is the peak LR, `--model.optimizer.lr`; ratios
 between groups (discriminative learning rates) are applied on top of it when training.
 
 Suggestion rule: the LR at which the smoothed loss falls fastest per decade (steepest descent on a log-LR axis),
@@ -201,7 +201,7 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def flag(lr: float) -> str:
-    return f"--model.lr {lr:.3g}"
+    return f"--model.optimizer.lr {lr:.3g}"
 
 
 def log_to(trainer: pl.Trainer, result: dict[str, Any], image: Image.Image) -> None:

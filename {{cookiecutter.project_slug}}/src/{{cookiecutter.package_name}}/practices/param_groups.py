@@ -4,14 +4,15 @@ The backbone (a timm model) is split into its stages, earliest first, by timm's 
 (`model.group_matcher(coarse=True)`, the regexes timm uses for layer decay); a feature-pyramid backbone
 (`features_only=True`, which has no `group_matcher`) is split at its `feature_info` stages instead. Each stage
 trains at the LR of the stage after it divided by `lr_ratio`; everything outside the backbone (head, decoder,
-fusion, tabular / sequence encoders) is new and trains at the full `lr`:
+fusion, tabular / sequence encoders) is new and trains at the optimizer's `lr`:
 
     stage:  stem            ...  last stage     head
     lr:     lr / ratio^G    ...  lr / ratio     lr
 
 `layer_decay` is timm's variant: the same rule on timm's finer block groups, with `lr * layer_decay^depth`.
-Every group's `lr` is set directly (timm's `param_groups_layer_decay` leaves them equal and stores an
-`lr_scale` that only timm schedulers read; torch schedulers would ignore it).
+Every group carries `lr_scale`, which the Model multiplies into the group's `lr` once the optimizer is built
+(timm's `param_groups_layer_decay` leaves the LRs equal and stores an `lr_scale` that only timm schedulers read;
+torch schedulers would ignore it).
 """
 
 from __future__ import annotations
@@ -24,23 +25,16 @@ from torch import nn
 
 from ..errors import ProjectError
 
-FINETUNE_MODES = ("finetune", "frozen", "gradual")
 HEAD = "head"  # the name of the group of everything outside the backbone
 
 
 def find_backbone(network: nn.Module) -> nn.Module | None:
     """The pretrained timm backbone of a network, or None (tabular / sequence-only projects).
 
-    Classification: `network.encoders["image"].backbone` (models/encoders/image.py); segmentation:
-    `network.backbone` (models/segmentation.py).
+    The network contract (contract.py): a network names its pretrained part as `network.backbone` (None or
+    absent: no backbone), as models/network.py and models/segmentation.py do.
     """
-    backbone = getattr(network, "backbone", None)
-    if backbone is not None:
-        return backbone
-    encoders = getattr(network, "encoders", None)
-    if encoders is not None and "image" in encoders:
-        return getattr(encoders["image"], "backbone", None)
-    return None
+    return getattr(network, "backbone", None)
 
 
 def backbone_stages(backbone: nn.Module, fine: bool = False) -> list[list[str]]:
@@ -87,51 +81,30 @@ def _feature_info_stages(backbone: nn.Module) -> list[list[str]]:
     return [names for names in stages if names]
 
 
-def check_finetune_args(
-    has_backbone: bool,
-    finetune: str,
-    lr_ratio: float,
-    layer_decay: float | None,
-    freeze_bn: bool,
-    unfreeze_after: int,
-    unfreeze_every: int,
-) -> None:
+def check_param_group_args(has_backbone: bool, lr_ratio: float, layer_decay: float | None) -> None:
     """Fail with one line naming the key for values that cannot work (called by Model.__init__)."""
-    if finetune not in FINETUNE_MODES:
-        raise ProjectError(f"model.finetune={finetune!r} is not one of {', '.join(FINETUNE_MODES)}")
     if lr_ratio < 1:
         raise ProjectError(f"model.lr_ratio={lr_ratio} must be >= 1 (earlier backbone stages get lr / lr_ratio)")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise ProjectError(f"model.layer_decay={layer_decay} must be in (0, 1], or null")
     if layer_decay is not None and lr_ratio != 1:
         raise ProjectError("model.lr_ratio and model.layer_decay are two ways to do the same: set only one")
-    if unfreeze_after < 0 or unfreeze_every < 1:
-        raise ProjectError(
-            f"model.unfreeze_after={unfreeze_after} must be >= 0 and model.unfreeze_every={unfreeze_every} >= 1"
-        )
-    if not has_backbone:
-        used = {
-            "finetune": finetune != "finetune",
-            "lr_ratio": lr_ratio != 1,
-            "layer_decay": layer_decay is not None,
-            "freeze_bn": freeze_bn,
-        }
-        if any(used.values()):
-            keys = ", ".join(f"model.{key}" for key, on in used.items() if on)
-            raise ProjectError(f"{keys} need a pretrained image backbone; this model has none (no image input)")
+    if not has_backbone and (lr_ratio != 1 or layer_decay is not None):
+        raise ProjectError("model.lr_ratio / model.layer_decay need a pretrained backbone; this network has none")
 
 
 def param_groups(
     module: nn.Module,
     backbone: nn.Module | None,
-    lr: float,
-    weight_decay: float,
     lr_ratio: float = 1.0,
     layer_decay: float | None = None,
 ) -> list[dict[str, Any]]:
-    """AdamW parameter groups of `module`: per backbone group (earliest first) then the head, each split into
-    weights (decayed) and biases / norm scales (1-D tensors, not decayed: decaying them only hurts).
+    """Optimizer parameter groups of `module`: per backbone group (earliest first) then the head, each split into
+    weights (decayed with the optimizer's weight_decay) and biases / norm scales (1-D tensors, weight_decay 0:
+    decaying them only hurts).
 
+    Each group carries `lr_scale`, its LR as a share of the optimizer's: the Model multiplies it in once the
+    configured optimizer exists, so any torch optimizer gets the same discriminative LRs.
     Every parameter is included, also those frozen now: fine-tuning only flips `requires_grad` (the optimizer
     skips parameters without a gradient), so the set of groups, and a schedule over them, never changes.
     Groups carry a `name` (`backbone_0`, ..., `head`, `*_no_decay`) that LearningRateMonitor logs them under.
@@ -146,17 +119,17 @@ def param_groups(
             group = [params[name] for name in names]
             in_backbone.update(id(p) for p in group)
             # The last stage is one step below the head, the first len(stages) steps below.
-            named.append((f"backbone_{index}", group, lr * factor ** (len(stages) - index)))
+            named.append((f"backbone_{index}", group, factor ** (len(stages) - index)))
     rest = [p for p in module.parameters() if id(p) not in in_backbone]
-    named.append((HEAD, rest, lr))
+    named.append((HEAD, rest, 1.0))
     groups = []
-    for name, params, group_lr in named:
+    for name, params, scale in named:
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         if decay:
-            groups.append({"name": name, "params": decay, "lr": group_lr, "weight_decay": weight_decay})
+            groups.append({"name": name, "params": decay, "lr_scale": scale})
         if no_decay:
-            groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0})
+            groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr_scale": scale, "weight_decay": 0.0})
     return groups
 
 

@@ -59,7 +59,19 @@ def stepping(trainer: Any) -> tuple[int, int | None]:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The schedule knobs of Model (see its docstring); checked on creation."""
+    """The LR schedule the Model steps every optimizer step (`model.init_args.lr_scheduler`); checked on creation.
+
+    Args:
+        name: cosine (linear warmup, then cosine decay), onecycle, sgdr (cosine with warm restarts), step or constant.
+        warmup_fraction: warmup length as a fraction of all optimizer steps (used when the two below are null).
+        warmup_steps: warmup length in optimizer steps.
+        warmup_epochs: warmup length in epochs (not both warmup_steps and warmup_epochs).
+        min_lr_ratio: cosine, onecycle and each sgdr cycle end at lr * min_lr_ratio.
+        restart_epochs: sgdr: length of the first cycle in epochs.
+        restart_mult: sgdr: each cycle is this many times longer than the one before.
+        step_epochs: step: multiply the LR by step_gamma every step_epochs epochs.
+        step_gamma: step: the decay factor.
+    """
 
     name: str = "cosine"
     warmup_fraction: float = 0.05
@@ -73,23 +85,29 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
-            raise ProjectError(f"model.schedule={self.name!r} is not one of {', '.join(SCHEDULES)}")
+            raise ProjectError(f"model.lr_scheduler.name={self.name!r} is not one of {', '.join(SCHEDULES)}")
         if self.warmup_steps is not None and self.warmup_epochs is not None:
-            raise ProjectError("model.warmup_steps and model.warmup_epochs are both set: set one (or neither)")
+            raise ProjectError("model.lr_scheduler.warmup_steps and model.lr_scheduler.warmup_epochs are both set: set one (or neither)")
         if not 0 <= self.warmup_fraction < 1:
-            raise ProjectError(f"model.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+            raise ProjectError(f"model.lr_scheduler.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         if (self.warmup_steps or 0) < 0 or (self.warmup_epochs or 0) < 0:
-            raise ProjectError("model.warmup_steps / model.warmup_epochs must be >= 0")
+            raise ProjectError("model.lr_scheduler.warmup_steps / model.lr_scheduler.warmup_epochs must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ProjectError(f"model.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+            raise ProjectError(f"model.lr_scheduler.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.restart_epochs < 1 or self.restart_mult < 1:
             raise ProjectError(
-                f"model.restart_epochs={self.restart_epochs} and model.restart_mult={self.restart_mult} must be >= 1"
+                f"model.lr_scheduler.restart_epochs={self.restart_epochs} and model.lr_scheduler.restart_mult={self.restart_mult} must be >= 1"
             )
         if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
             raise ProjectError(
-                f"model.step_epochs={self.step_epochs} must be >= 1 and model.step_gamma={self.step_gamma} in (0, 1]"
+                f"model.lr_scheduler.step_epochs={self.step_epochs} must be >= 1 and model.lr_scheduler.step_gamma={self.step_gamma} in (0, 1]"
             )
+
+    def cycle_ends(self, max_epochs: int) -> list[int]:
+        """sgdr: the 0-based epochs whose end is a cycle's end (snapshot ensembles save there); [] otherwise."""
+        if self.name != "sgdr" or not max_epochs or max_epochs < 0:
+            return []
+        return [end - 1 for end in restart_epochs_until(max_epochs, self.restart_epochs, self.restart_mult)]
 
     def needs_epochs(self) -> bool:
         return self.name in ("sgdr", "step") or self.warmup_epochs is not None
@@ -136,6 +154,9 @@ class Schedule:
                 total_steps=total,
                 pct_start=rise / total,
                 div_factor=ONECYCLE_DIV,
+                # Momentum cycles against the LR where the optimizer has one (SGD's momentum, Adam's beta1).
+                cycle_momentum=any(key in optimizer.defaults for key in ("momentum", "betas"))
+                and optimizer.defaults.get("momentum", 1) != 0,
                 final_div_factor=1 / (ONECYCLE_DIV * self.min_lr_ratio) if self.min_lr_ratio > 0 else math.inf,
             )
         if self.name == "onecycle":  # too few steps for a cycle (fast_dev_run): constant
@@ -145,7 +166,7 @@ class Schedule:
     def _per_epoch(self, per_epoch: int | None) -> int:
         if per_epoch is None:
             raise ProjectError(
-                f"model.schedule={self.name!r} / model.warmup_epochs count epochs, but the train data has no length "
-                "(an iterable dataset): use model.warmup_steps and the cosine, onecycle or constant schedule"
+                f"model.lr_scheduler.name={self.name!r} / model.lr_scheduler.warmup_epochs count epochs, but the train data has no length "
+                "(an iterable dataset): use model.lr_scheduler.warmup_steps and the cosine, onecycle or constant schedule"
             )
         return per_epoch

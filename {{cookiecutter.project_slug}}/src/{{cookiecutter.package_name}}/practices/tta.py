@@ -1,6 +1,8 @@
 """Test-time augmentation: predict several views of each image and average the predictions.
 
-Modes (`model.tta`):
+A callback, configured in the config's `tta:` section (the CLI adds it to the Trainer when `mode` is set): at
+`test` it reports `test_tta/*` next to the plain `test/*` metrics; at `predict` the written predictions are the
+averaged ones. Modes (`tta.mode`):
     flip        the image and its horizontal mirror (2 forward passes)
     flip_crops  the image, and 5 crops (4 corners + centre, CROP_FRACTION of each side) resized back to the input
                 size, each also mirrored (12 forward passes)
@@ -15,24 +17,58 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from ..errors import ProjectError
+from .averaging import outputs_from_activations
 
 MODES = ("flip", "flip_crops")
 CROP_FRACTION = 0.875  # of the image's height and width, as in the classic 10-crop evaluation
 
 
-def check_tta(mode: str | None, inputs: dict[str, Any] | None) -> str | None:
-    """The mode, or a one-line error naming the key and the allowed values."""
-    if mode is None:
-        return None
-    if mode not in MODES:
-        raise ProjectError(f"model.tta={mode!r} is not a test-time augmentation; choose null, {' or '.join(MODES)}")
-    if inputs is not None and "image" not in inputs:
-        raise ProjectError(f"model.tta={mode!r} augments images, and this model's inputs are {', '.join(inputs)}")
-    return mode
+class TestTimeAugmentation(pl.Callback):
+    """Average test and predict outputs over augmented views of each image.
+
+    Args:
+        mode: None (off), "flip" or "flip_crops" (see the module docstring).
+    """
+
+    def __init__(self, mode: str | None = None):
+        if mode is not None and mode not in MODES:
+            raise ProjectError(f"tta.mode={mode!r} is not a test-time augmentation; choose null, {' or '.join(MODES)}")
+        self.mode = mode
+        self.metrics: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self.mode is not None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.mode and "image" not in pl_module.inputs:
+            raise ProjectError(f"tta.mode={self.mode!r} augments images; this model's inputs are {', '.join(pl_module.inputs)}")
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.metrics = pl_module.task.metrics().clone(prefix="test_tta/").to(pl_module.device)
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        task = pl_module.task
+        averaged = outputs_from_activations(task, tta_activations(pl_module, batch, self.mode))
+        self.metrics.update(*task.metric_inputs(averaged, batch["target"]))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Computed here (synced across processes by torchmetrics) and logged as plain values.
+        pl_module.log_dict({name: value for name, value in self.metrics.compute().items()})
+        self.metrics.reset()
+
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        # The prediction writer runs after this callback (the CLI puts recipes first) and writes the average.
+        outputs["outputs"] = tta_activations(pl_module, batch, self.mode).float().cpu()
 
 
 # A view: (image -> augmented image, the crop box (top, left, height, width) it shows, mirrored or not).

@@ -7,27 +7,44 @@ probability is above 0.5 (the same threshold torchmetrics uses, so predictions, 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from . import PROBABILITY_EPS
+from . import PROBABILITY_EPS, Task
 
 
-class BinaryTask:
+class BinaryTask(Task):
+    """Args:
+    class_names: filled in from the data (`bind`): negative, positive.
+    pos_weight: weight of positive samples in the loss, e.g. n_negative / n_positive for rare positives.
+    """
+
     monitor = "auroc"
     mode = "max"
-    num_outputs = 1
+    class_folder_labels = True
+    mix_per_output = True  # mixup / cutmix blend the 0/1 target (timm's multi_label)
 
-    def __init__(self, class_names: list[str], pos_weight: float | None = None):
-        if len(class_names) != 2:
-            raise ValueError(f"binary needs exactly 2 classes (negative, positive), got {class_names}")
+    def __init__(self, class_names: list[str] | None = None, pos_weight: float | None = None):
         if pos_weight is not None and not pos_weight > 0:
             raise ValueError(f"binary pos_weight must be a positive number or null, got {pos_weight}")
-        self.class_names = list(class_names)
         self.pos_weight = pos_weight
+        super().__init__(class_names)
+
+    def _set_targets(self, class_names: list[str], target_stats: dict[str, list[float]] | None) -> None:
+        if len(class_names) != 2:
+            raise ValueError(f"binary needs exactly 2 classes (negative, positive), got {class_names}")
+        self.class_names = list(class_names)
+        self.num_outputs = 1
+
+    @staticmethod
+    def target_reader(target_columns: list[str], classes: list[str] | None) -> Any:
+        from ..data.targets import ClassTarget
+
+        return ClassTarget(target_columns[0], classes, binary=True)
 
     @property
     def chance_loss(self) -> float:

@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from . import PROBABILITY_EPS
+from . import PROBABILITY_EPS, Task
 
 
-class MulticlassTask:
+class MulticlassTask(Task):
+    """Args:
+    class_names: filled in from the data (`bind`); give them only when using the task on its own.
+    label_smoothing: cross-entropy label smoothing (0 = off), e.g. 0.1; also smooths mixup / cutmix targets.
+    """
+
     monitor = "acc"
     mode = "max"
+    class_folder_labels = True
 
-    def __init__(self, class_names: list[str], label_smoothing: float = 0.0):
+    def __init__(self, class_names: list[str] | None = None, label_smoothing: float = 0.0):
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"model.task label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+        super().__init__(class_names)
+
+    def _set_targets(self, class_names: list[str], target_stats: dict[str, list[float]] | None) -> None:
         if len(class_names) < 2:
             raise ValueError(f"multiclass needs at least 2 classes, got {class_names}")
         self.class_names = list(class_names)
         self.num_outputs = self.num_classes = len(class_names)
-        self.label_smoothing = label_smoothing
+
+    @staticmethod
+    def target_reader(target_columns: list[str], classes: list[str] | None) -> Any:
+        from ..data.targets import ClassTarget
+
+        return ClassTarget(target_columns[0], classes)
 
     @property
     def chance_loss(self) -> float:

@@ -7,6 +7,7 @@ error and F1 agree).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +19,32 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from . import PROBABILITY_EPS
+from . import PROBABILITY_EPS, Task
 
 
-class MultilabelTask:
+class MultilabelTask(Task):
+    """Args:
+    class_names: filled in from the data (`bind`): the label names in column order.
+    """
+
     monitor = "map"
     mode = "max"
+    mix_per_output = True  # mixup / cutmix blend each label's 0/1 target (timm's multi_label)
 
-    def __init__(self, class_names: list[str]):
+    def __init__(self, class_names: list[str] | None = None):
+        super().__init__(class_names)
+
+    def _set_targets(self, class_names: list[str], target_stats: dict[str, list[float]] | None) -> None:
         if len(class_names) < 1:
             raise ValueError("multilabel needs at least 1 label name, got none")
         self.class_names = list(class_names)
         self.num_outputs = self.num_labels = len(class_names)
+
+    @staticmethod
+    def target_reader(target_columns: list[str], classes: list[str] | None) -> Any:
+        from ..data.targets import MultilabelTarget
+
+        return MultilabelTarget(target_columns[0], classes)
 
     @property
     def chance_loss(self) -> float:

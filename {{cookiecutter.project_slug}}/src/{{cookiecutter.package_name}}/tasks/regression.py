@@ -8,25 +8,46 @@ them, and R2 is the average over outputs).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
+from . import Task
+
 LOSSES = ("mse", "huber")
 
 
-class RegressionTask:
+class RegressionTask(Task):
+    """Args:
+    class_names: filled in from the data (`bind`): the target columns.
+    target_stats: filled in from the data (`bind`): train mean and std of every target.
+    loss: "mse" or "huber" (less sensitive to outliers).
+    """
+
     monitor = "rmse"
     mode = "min"
 
-    def __init__(self, class_names: list[str], target_stats: dict[str, list[float]] | None = None, loss: str = "mse"):
+    def __init__(
+        self, class_names: list[str] | None = None, target_stats: dict[str, list[float]] | None = None, loss: str = "mse"
+    ):
+        if loss not in LOSSES:
+            raise ValueError(f"model.task loss={loss!r} is not one of {', '.join(LOSSES)}")
+        self.loss_name = loss
+        super().__init__(class_names, target_stats)
+
+    @staticmethod
+    def target_reader(target_columns: list[str], classes: list[str] | None) -> Any:
+        from ..data.targets import RegressionTarget
+
+        return RegressionTarget(target_columns)
+
+    def _set_targets(self, class_names: list[str], target_stats: dict[str, list[float]] | None) -> None:
         if len(class_names) < 1:
             raise ValueError("regression needs at least 1 target column, got none")
-        if loss not in LOSSES:
-            raise ValueError(f"regression loss={loss!r} is not one of {', '.join(LOSSES)}")
         self.class_names = list(class_names)
         self.num_outputs = len(class_names)
-        self.loss_name = loss
         stats = target_stats or {"mean": [0.0] * self.num_outputs, "std": [1.0] * self.num_outputs}
         for key in ("mean", "std"):
             if len(stats.get(key) or []) != self.num_outputs:

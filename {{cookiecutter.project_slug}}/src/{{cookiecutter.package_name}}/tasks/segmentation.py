@@ -20,21 +20,30 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ..errors import DataError
-from . import PROBABILITY_EPS
+from . import PROBABILITY_EPS, Task
 
 
-class SegmentationTask:
+class SegmentationTask(Task):
+    """Args:
+    class_names: filled in from the data (`bind`): class names by mask value.
+    dice_weight: loss = cross-entropy + dice_weight * Dice.
+    """
+
     monitor = "miou"
     mode = "max"
+    reads_masks = True  # the target is the image's mask, read by the image reader
 
-    def __init__(self, class_names: list[str], dice_weight: float = 1.0):
+    def __init__(self, class_names: list[str] | None = None, dice_weight: float = 1.0):
+        if dice_weight < 0:
+            raise ValueError(f"model.task dice_weight must be >= 0, got {dice_weight}")
+        self.dice_weight = float(dice_weight)
+        super().__init__(class_names)
+
+    def _set_targets(self, class_names: list[str], target_stats: dict[str, list[float]] | None) -> None:
         if len(class_names) < 2:
             raise ValueError(f"segmentation needs at least 2 classes (e.g. background and object), got {class_names}")
-        if dice_weight < 0:
-            raise ValueError(f"model.dice_weight must be >= 0, got {dice_weight}")
         self.class_names = list(class_names)
         self.num_outputs = self.num_classes = len(class_names)
-        self.dice_weight = float(dice_weight)
 
     @property
     def chance_loss(self) -> float:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...errors import PretrainedWeightsError
+from ..registry import register
 
 HUB_HOST = "huggingface.co"
 
@@ -95,23 +96,16 @@ def create_backbone(
         ) from error
 
 
-def input_size_mismatch(backbone: str, image_size: int | None) -> str | None:
-    """A warning when `image_size` is far (2x or more) from the size the backbone's weights were trained at."""
-    cfg = timm.get_pretrained_cfg(backbone)
-    if image_size is None or cfg is None:
-        return None
-    trained_at = cfg.input_size[-1]
-    if trained_at / 2 < image_size < trained_at * 2:
-        return None
-    return (
-        f"model.backbone={backbone!r} was pretrained on {trained_at} px images but data.image_size={image_size}: "
-        f"pretrained features transfer poorly that far from their scale; use an image_size near {trained_at} "
-        "(normalization already follows the backbone), or pretrained: false"
-    )
-
-
+@register("encoder", "timm")
 class ImageEncoder(nn.Module):
-    """[B, C, H, W] images -> [B, D] features, D = `out_features`."""
+    """[B, C, H, W] images -> [B, D] features, D = `out_features`, from any timm backbone.
+
+    Args:
+        backbone: any timm model name, e.g. "resnet18", "convnext_tiny", "efficientnet_b0.ra_in1k".
+        pretrained: load the backbone's pretrained weights from the Hugging Face hub.
+        pretrained_file: load the backbone's weights from this local file instead (safetensors, state dict, or
+            a checkpoint of this project: its backbone only).
+    """
 
     def __init__(self, backbone: str = "resnet18", pretrained: bool = False, pretrained_file: str | None = None):
         super().__init__()
@@ -121,3 +115,22 @@ class ImageEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone(image)
+
+    @classmethod
+    def data_config(
+        cls, backbone: str = "resnet18", pretrained: bool = False, pretrained_file: str | None = None
+    ) -> dict[str, Any]:
+        """The input size, normalization and interpolation the backbone's weights expect (timm's pretrained
+        config), for the data: `pretrained` says whether they were learned at that size (a size warning applies)."""
+        cfg = timm.get_pretrained_cfg(backbone)
+        if cfg is None:
+            raise PretrainedWeightsError(f"model.backbone={backbone!r} is not a timm model name (see timm.list_models())")
+        interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+        return {
+            "image_size": int(cfg.input_size[-1]),
+            "mean": [float(m) for m in cfg.mean],
+            "std": [float(s) for s in cfg.std],
+            "interpolation": interpolation,
+            "pretrained": bool(pretrained or pretrained_file),
+            "source": f"timm backbone {backbone!r}",
+        }

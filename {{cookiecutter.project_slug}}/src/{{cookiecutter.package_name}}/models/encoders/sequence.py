@@ -13,9 +13,12 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..registry import register
+
 KINDS = ("gru", "transformer")
 
 
+@register("encoder", "sequence")
 class SequenceEncoder(nn.Module):
     """{"values": int64 [B, T] or float32 [B, T, C], "mask": bool [B, T]} -> [B, out_features].
 

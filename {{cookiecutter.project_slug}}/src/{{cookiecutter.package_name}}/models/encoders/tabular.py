@@ -12,12 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..registry import register
+
 
 def embedding_dim(cardinality: int) -> int:
     """About half the vocabulary size, capped at 16 (tabular vocabularies rarely need more), at least 2."""
     return max(2, min(16, (cardinality + 1) // 2))
 
 
+@register("encoder", "tabular")
 class TabularEncoder(nn.Module):
     """{"numeric": [B, F] float32, "categorical": [B, K] int64} -> [B, hidden_dim] features.
 

@@ -112,8 +112,8 @@ class Diagnosis(pl.Callback):
         reference, reference_source, reference_notes = self.reference(run_dir.parent)
         errors = SplitErrors(reference, **{split: evaluation.error for split, evaluation in evaluations.items()})
         sizes = {split: len(evaluation.targets) for split, evaluation in evaluations.items()}
-        task_type = module.hparams.get("task") or datamodule.hparams.task
-        inputs = tuple(getattr(datamodule, "inputs", None) or module.hparams.get("inputs") or ())
+        task_type = type(module.task).__module__.rpartition(".")[2]  # TEMPORARY until the task owns its analysis
+        inputs = tuple(getattr(datamodule, "inputs", None) or module.inputs or ())
         report = diagnose(errors, self.tolerance, reference_source, sizes, task_type, inputs)
         report.notes.extend([*reference_notes, *(notes or [])])
         result = {**to_dict(report), "weights": source}

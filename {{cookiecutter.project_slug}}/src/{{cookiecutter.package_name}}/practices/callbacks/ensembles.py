@@ -28,7 +28,6 @@ from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, Stochastic
 
 from ..averaging import evaluate_ensemble, to_markdown
 from ...errors import ProjectError
-from ..schedules import restart_epochs_until
 
 SPLITS = ("train", "train_dev", "val", "test")
 SNAPSHOT_FILE = "snapshots"  # <run>/snapshots.json and snapshots.md
@@ -169,11 +168,10 @@ def _checkpoint_folder(trainer: pl.Trainer) -> Path:
 
 
 def cycle_end_epochs(pl_module: pl.LightningModule, max_epochs: int | None) -> list[int]:
-    """0-based epochs at whose end a restart cycle of the model's schedule ends; [] for a schedule without restarts."""
-    hparams = pl_module.hparams
-    if hparams.get("schedule") != "sgdr" or not max_epochs or max_epochs < 0:
-        return []
-    return [end - 1 for end in restart_epochs_until(max_epochs, hparams.restart_epochs, hparams.restart_mult)]
+    """0-based epochs at whose end a restart cycle of the model's schedule ends; [] for a schedule without restarts
+    (the contract's optional `lr_schedule`, contract.py)."""
+    schedule = getattr(pl_module, "lr_schedule", None)
+    return schedule.cycle_ends(max_epochs or 0) if schedule is not None else []
 
 
 class SnapshotEnsemble(Callback):
@@ -197,7 +195,7 @@ class SnapshotEnsemble(Callback):
         if not self.epochs:
             raise ProjectError(
                 "ensembles.snapshots needs a schedule with restarts that end within trainer.max_epochs "
-                "(model.schedule: sgdr with model.restart_epochs <= trainer.max_epochs)"
+                "(model.lr_scheduler.name: sgdr with model.lr_scheduler.restart_epochs <= trainer.max_epochs)"
             )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,7 +1,8 @@
 """Fine-tuning a pretrained backbone: frozen, gradual unfreezing (last stage first), frozen BatchNorm statistics.
 
-The Model returns this callback from `configure_callbacks()` when `model.finetune` is not "finetune" or
-`model.freeze_bn` is set. All parameters are in the optimizer from the start (optim.py); this callback only
+Configured in the `finetuning:` section of the config (the CLI adds it to the Trainer's callbacks when `mode` is
+not "finetune" or `freeze_bn` is set). All parameters are in the optimizer from the start (param_groups.py); this
+callback only
 flips `requires_grad` (AdamW skips parameters without a gradient), so the optimizer's groups and the LR schedule
 over them never change. What trains in an epoch is a function of the epoch number alone, which makes a run
 resumed from a checkpoint mid-way pick up exactly where it stopped.
@@ -26,6 +27,9 @@ from ...errors import ProjectError
 from ..param_groups import backbone_stages, find_backbone, unfrozen_stage_count
 
 
+FINETUNE_MODES = ("finetune", "frozen", "gradual")
+
+
 class StagedFinetuning(BaseFinetuning):
     """Which backbone stages train in each epoch.
 
@@ -43,6 +47,12 @@ class StagedFinetuning(BaseFinetuning):
         self, mode: str = "finetune", unfreeze_after: int = 1, unfreeze_every: int = 1, freeze_bn: bool = False
     ):
         super().__init__()
+        if mode not in FINETUNE_MODES:
+            raise ProjectError(f"finetuning.mode={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
+        if unfreeze_after < 0 or unfreeze_every < 1:
+            raise ProjectError(
+                f"finetuning.unfreeze_after={unfreeze_after} must be >= 0 and finetuning.unfreeze_every={unfreeze_every} >= 1"
+            )
         self.mode = mode
         self.unfreeze_after = unfreeze_after
         self.unfreeze_every = unfreeze_every
@@ -50,17 +60,24 @@ class StagedFinetuning(BaseFinetuning):
         self._stages: list[list[nn.Parameter]] = []
         self._unfrozen = -1
 
+    @property
+    def active(self) -> bool:
+        """False when every stage trains with live BatchNorm statistics: nothing for this callback to do."""
+        return self.mode != "finetune" or self.freeze_bn
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.mode == "gradual" and trainer.world_size > 1:
             # DDP registers the parameters that require a gradient once, when it wraps the model: a stage
             # unfrozen later would never have its gradients averaged across processes.
-            raise ProjectError("model.finetune='gradual' runs on one device only; use 'finetune' or 'frozen' with DDP")
+            raise ProjectError("finetuning.mode='gradual' runs on one device only; use 'finetune' or 'frozen' with DDP")
         super().setup(trainer, pl_module, stage)  # -> freeze_before_training, before the optimizer is built
 
     def _backbone(self, pl_module: pl.LightningModule) -> nn.Module:
         backbone = find_backbone(pl_module.network)
         if backbone is None:
-            raise ProjectError(f"model.finetune={self.mode!r} / model.freeze_bn need an image backbone")
+            raise ProjectError(
+                f"finetuning.mode={self.mode!r} / finetuning.freeze_bn need a pretrained backbone; this network has none"
+            )
         return backbone
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:

@@ -120,7 +120,7 @@ def input_tensors(batch: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[
 
 def index_limits(specs: Mapping[str, Mapping[str, Any]] | None) -> dict[str, int | list[int]]:
     """Embedding sizes the model was built with, per index input: `tabular.categorical` (one per column) and
-    `sequence.values` (the vocabulary), from the input specs (`Model.hparams.inputs`)."""
+    `sequence.values` (the vocabulary), from the input specs (the module's `inputs`, contract.py)."""
     limits: dict[str, int | list[int]] = {}
     specs = specs or {}
     if isinstance(specs.get("tabular"), Mapping) and specs["tabular"].get("categorical") is not None:
@@ -506,7 +506,7 @@ class SanityChecks(pl.Callback):
             return
         datamodule = trainer.datamodule
         if self.enabled["inputs"] and batch:
-            specs = getattr(pl_module, "hparams", {}).get("inputs") or getattr(datamodule, "input_specs", None)
+            specs = getattr(pl_module, "inputs", None) or getattr(datamodule, "input_specs", None)
             self.results.append(check_inputs(batch, **self.input_limits, limits=index_limits(specs)))
         splits = getattr(datamodule, "splits", None)
         class_names = getattr(datamodule, "class_names", None) or getattr(

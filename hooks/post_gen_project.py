@@ -55,6 +55,10 @@ REMOVE_WHEN: tuple[Removal, ...] = (
             "src/{package}/data/image.py",
             "src/{package}/data/augment.py",
             "src/{package}/models/encoders/image.py",
+            # Recipes for a pretrained image backbone and image batches (their config sections go with them).
+            "src/{package}/practices/callbacks/finetuning.py",
+            "src/{package}/practices/callbacks/mixing.py",
+            "src/{package}/practices/tta.py",
             "tests/test_data.py",
             "tests/test_pretrained.py",
         ),

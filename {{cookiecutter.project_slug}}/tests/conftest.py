@@ -6,11 +6,13 @@ images, so the whole suite stays fast on a laptop CPU.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.data.datamodule import DataModule
@@ -26,6 +28,8 @@ CLASS_FOLDERS = uses_class_folders(TASK_TYPE, MODALITIES)
 CLASSES = ("circle", "square", "triangle") if CLASS_FOLDERS and TASK_TYPE == "multiclass" else None
 # The optimizing metric (acc, auroc, map, rmse or miou) and whether higher ("max") or lower ("min") is better.
 MONITOR, MODE = build_task(TASK_TYPE, ["a", "b"]).monitor, build_task(TASK_TYPE, ["a", "b"]).mode
+# The network's image-backbone options as the config nests them: segmentation networks take them directly.
+SEGMENTATION = TASK_TYPE == "segmentation"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -67,7 +71,7 @@ def toy_sizes(**samples: int) -> dict[str, int]:
 
 def tiny_run_args(data: Path, runs: Path) -> list[str]:
     """The flags that make a run small enough for a test: tiny model and data, on the CPU, in `runs`."""
-    args = ["--data.image_size", "32", "--model.backbone", TINY_BACKBONE] if "image" in MODALITIES else []
+    args = ["--data.image_size", "32", *backbone_args(TINY_BACKBONE)] if "image" in MODALITIES else []
     return args + [
         "--runs_dir", str(runs),
         "--data.root", str(data),
@@ -76,6 +80,17 @@ def tiny_run_args(data: Path, runs: Path) -> list[str]:
         "--trainer.accelerator", "cpu",
         "--trainer.enable_model_summary", "false",
     ]  # fmt: skip
+
+
+def backbone_args(backbone: str, *options: str) -> list[str]:
+    """Command-line flags that set the image backbone (and e.g. "pretrained_file=...") of the configured network."""
+    pairs = [f"backbone={backbone}", *options]
+    if SEGMENTATION:
+        return [flag for pair in pairs for flag in (f"--model.network.init_args.{pair.split('=')[0]}", pair.split("=", 1)[1])]
+    # `encoders` is a dict, which a flag replaces whole: every input's entry is given, the image's changed.
+    encoders = default_config("model")["init_args"]["network"]["init_args"]["encoders"]
+    encoders["image"].update(pretrained=False, **dict(pair.split("=", 1) for pair in pairs))
+    return ["--model.network.init_args.encoders", json.dumps(encoders)]
 
 
 def cli_args(command: str, data: Path, runs: Path, *extra: str, logger: str | None = "csv") -> list[str]:
@@ -93,18 +108,35 @@ def default_config(section: str) -> dict:
 def project_datamodule(root: Path, **overrides: object) -> DataModule:
     """The DataModule as configs/default.yaml configures it (columns, task), on `root`, small and in-process."""
     config = default_config("data")
-    config.update(root=str(root), task=TASK_TYPE, batch_size=8, num_workers=0)
+    config.update(root=str(root), task_class=TASK_TYPE, batch_size=8, num_workers=0)
     if "image" in MODALITIES:
-        config.update(backbone=TINY_BACKBONE, image_size=32)
+        from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
+
+        config.update(image_config=ImageEncoder.data_config(TINY_BACKBONE), image_size=32)
     config.update(overrides)
     return DataModule(**config)
 
 
-def project_model(data: DataModule, **overrides: object) -> Model:
-    """The Model as configs/default.yaml configures it, sized by `data` as the CLI does, with the tiny backbone."""
-    config = default_config("model")
-    config.update(class_names=data.class_names, target_stats=data.target_stats, inputs=data.input_specs)
+def project_model(
+    data: DataModule,
+    network_args: dict | None = None,
+    task_args: dict | None = None,
+    **overrides: object,
+) -> Model:
+    """The Model as configs/default.yaml configures it, sized by `data` as the CLI does, with the tiny backbone.
+
+    `network_args` / `task_args` update the network's / task's init args; `overrides` replace Model arguments
+    (objects, e.g. `task=MulticlassTask(label_smoothing=0.1)`, or plain values, e.g. `lr_ratio=3`).
+    """
+    config = default_config("model")["init_args"]
+    network = config["network"]["init_args"]
     if "image" in MODALITIES:
-        config.update(backbone=TINY_BACKBONE, pretrained=False)
-    config.update(overrides)
-    return Model(**config)
+        image = network if SEGMENTATION else network["encoders"]["image"]
+        image.update(backbone=TINY_BACKBONE, pretrained=False)
+    network.update(network_args or {})
+    config["task"].setdefault("init_args", {}).update(task_args or {})
+    config.update(class_names=data.class_names, target_stats=data.target_stats, inputs=data.input_specs)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Model, "model", instantiate=False, sub_configs=True)
+    parts = parser.instantiate_classes(parser.parse_object({"model": config})).model  # task, network, optimizer...
+    return Model(**{**vars(parts), **overrides})

@@ -51,15 +51,35 @@ CONFIGS = ("configs/default.yaml", "configs/toy.yaml")
 LIGHTNING, PLAIN = "Lightning (the project's `fit`)", "plain PyTorch loop"
 
 
+def merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, key by key into nested sections, as LightningCLI merges config files (a value that is
+    not a section, e.g. a list, replaces the earlier one)."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = (
+            merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
 def project_config(root: Path) -> dict:
     """The seed, data and model sections of the toy preset as LightningCLI reads them: later files win, key by key."""
     merged: dict = {"seed_everything": None, "data": {}, "model": {}}
     for name in CONFIGS:
         config = yaml.safe_load((root / name).read_text(encoding="utf-8"))
-        merged["seed_everything"] = config.get("seed_everything", merged["seed_everything"])
-        merged["data"].update(config.get("data") or {})
-        merged["model"].update(config.get("model") or {})
+        merged = merge(merged, {key: config[key] for key in merged if key in config})
     return merged
+
+
+def toy_settings(config: dict) -> dict:
+    """The toy preset's backbone, weights and learning rate, read from the merged model section."""
+    init = config["model"]["init_args"]
+    image = init["network"]["init_args"]["encoders"]["image"]
+    return {
+        "backbone": image["backbone"],
+        "pretrained": image["pretrained"],
+        "lr": init["optimizer"]["init_args"]["lr"],
+    }
 
 
 # --- measured code: the plain loop (runs in the project's venv, in the project folder) --------------------------
@@ -68,18 +88,26 @@ def project_config(root: Path) -> dict:
 def plain_loop(package: str, first: int, last: int) -> None:
     """Train `last + 1` steps by hand, timing batch starts `first`..`last` like the Lightning side's callback."""
     import pytorch_lightning as pl  # only for seed_everything, which the project's CLI also calls
+    from jsonargparse import ArgumentParser
 
     from probes import StepWindow
 
     Model = importlib.import_module(f"{package}.module").Model
+    Network = importlib.import_module(f"{package}.models.network").Network
     DataModule = importlib.import_module(f"{package}.data.datamodule").DataModule
 
     config = project_config(Path.cwd())
     pl.seed_everything(config["seed_everything"])
-    # What the CLI does: model.backbone is linked into the data, the data's classes into the model.
-    data = DataModule(**config["data"], backbone=config["model"]["backbone"])
+    # What the CLI does: the task class and the image encoder's data config are linked into the data, the data's
+    # classes and input specs into the model (whose parts jsonargparse builds from their class paths).
+    init = config["model"]["init_args"]
+    image_config = Network.data_config(**init["network"]["init_args"])
+    data = DataModule(**config["data"], task_class=init["task"]["class_path"], image_config=image_config)
     data.setup("fit")
-    model = Model(**config["model"], num_classes=data.num_classes, class_names=data.class_names)
+    init.update(class_names=data.class_names, target_stats=data.target_stats, inputs=data.input_specs)
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(Model, "model")
+    model = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
     model.configure_model()
     # configure_optimizers asks the Trainer only for the number of steps; this stand-in answers it, so both sides
     # step the identical AdamW param groups and per-step LambdaLR.
@@ -216,7 +244,7 @@ def main() -> None:
     )
     print("\n" + table)
 
-    data, model = config["data"], config["model"]
+    data, model = config["data"], toy_settings(config)
     workers = "null" if data["num_workers"] is None else data["num_workers"]  # as the config file spells it
     method = [
         f"What runs: the rendered default project's toy preset ({' + '.join(CONFIGS)}): {model['backbone']} "

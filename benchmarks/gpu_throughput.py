@@ -20,6 +20,7 @@ results file) unless `--device cpu --smoke` asks for a smoke run of every config
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -90,10 +91,14 @@ def lightning_steps(setting: Setting, args: argparse.Namespace) -> None:
     from probes import StepWindowClock
 
     Model = importlib.import_module(f"{args.package}.module").Model
+    network = importlib.import_module(f"{args.package}.models.network").Network
+    task = importlib.import_module(f"{args.package}.tasks.multiclass").MulticlassTask()
     model = Model(
-        backbone=args.backbone,
-        pretrained=False,
-        num_classes=NUM_CLASSES,
+        task,
+        network=functools.partial(network, encoders={"image": {"name": "timm", "backbone": args.backbone}}),
+        optimizer=functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=0.05),
+        lr_scheduler=importlib.import_module(f"{args.package}.practices.schedules").Schedule(),
+        class_names=[f"class_{i}" for i in range(NUM_CLASSES)],
         channels_last=setting.channels_last,
         compile=setting.compile,
     )
@@ -230,9 +235,10 @@ def main() -> None:
     method = [
         f"Model: {args.backbone} at {args.image_size} px, batch {args.batch_size}, {NUM_CLASSES} classes, from "
         f"scratch, on {args.device}; synthetic data: one random batch made once on the device and reused.",
-        "Lightning rows: the rendered project's `Model(backbone, pretrained=False, num_classes, channels_last, "
-        "compile)` under `pytorch_lightning.Trainer(precision=..., devices=1)`, logger, checkpointing and progress "
-        "bar off; the project's per-step metric update and logging stay on.",
+        "Lightning rows: the rendered project's `Model(MulticlassTask(), Network with the timm encoder (backbone, "
+        "not pretrained), AdamW, the cosine Schedule, class_names, channels_last, compile)` under "
+        "`pytorch_lightning.Trainer(precision=..., devices=1)`, logger, checkpointing and progress bar off; the "
+        "project's per-step metric update and logging stay on.",
         "plain rows: `timm.create_model(backbone, num_classes)` with a hand-written loop (forward under "
         "`torch.autocast(bfloat16)`, cross-entropy, backward, AdamW step), standing for timm's reference "
         "train.py, which is not installed as a module. Both sides: AdamW lr 3e-4, weight decay 0.05.",

@@ -7,7 +7,7 @@ The default project (image classification) is rendered and installed, then:
 1. source data: the toy shapes generator with all five shapes and many images (`--source-per-class`), standing in
    for a large pretraining set of related images;
 2. pretraining: one `fit` on the source data from scratch (the toy preset: resnet10t at 48 px); its best
-   checkpoint is the "pretrained" backbone (`model.pretrained_file` takes a project checkpoint);
+   checkpoint is the "pretrained" backbone (the timm encoder's `pretrained_file` takes a project checkpoint);
 3. target data: three of the shapes with few training images (`--target-per-class`) and a larger val split;
 4. on the target data, per seed, three runs of `--epochs` epochs with the same data, batch size and epochs:
    - scratch: `pretrained: false`, every layer at lr 3e-3 (the toy preset);
@@ -107,14 +107,17 @@ def main() -> None:
         with OtherCpuUse() as other:
             print("pretraining on the source data ...", flush=True)
             pretrained = fit(project, tmp_path / "runs-source", source, args.source_epochs, 0)
-            weights = ("--model.pretrained", "true", "--model.pretrained_file", pretrained["best_checkpoint"])
+            # The toy preset's image encoder with the source run's checkpoint as its pretrained weights.
+            encoder = {"name": "timm", "backbone": "resnet10t", "pretrained_file": pretrained["best_checkpoint"]}
+            weights = ("--model.network.init_args.encoders", json.dumps({"image": encoder}))
             settings = {
                 "scratch (lr 3e-3)": [],
                 # The README's fine-tuning recipe: a lower peak lr than from scratch, earlier stages lower still.
                 "transfer: gradual, lr 1e-3, lr_ratio 3": [
-                    *weights, *("--model.finetune", "gradual", "--model.lr", "1e-3", "--model.lr_ratio", "3"),
+                    *weights, "--finetuning.mode", "gradual",
+                    *("--model.optimizer.lr", "1e-3", "--model.lr_ratio", "3"),
                 ],
-                "transfer: frozen backbone, lr 3e-3": [*weights, "--model.finetune", "frozen"],
+                "transfer: frozen backbone, lr 3e-3": [*weights, "--finetuning.mode", "frozen"],
             }  # fmt: skip
             results: dict[str, list[dict]] = {name: [] for name in settings}
             for seed in range(args.seeds):

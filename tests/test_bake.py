@@ -35,6 +35,9 @@ MODALITY_FILES: dict[str, tuple[str, ...]] = {
         "src/{package}/data/image.py",
         "src/{package}/data/augment.py",
         "src/{package}/models/encoders/image.py",
+        "src/{package}/practices/callbacks/finetuning.py",
+        "src/{package}/practices/callbacks/mixing.py",
+        "src/{package}/practices/tta.py",
         "tests/test_data.py",
         "tests/test_pretrained.py",
     ),
@@ -271,3 +274,54 @@ def test_makefile_targets_resolve(project: Path) -> None:
     assert f"-m {package} export --config configs/default.yaml --config configs/toy.yaml --ckpt_path best" in (
         make_dry_run(project, "export")
     )
+
+
+# Config keys that mean something only with an image input, and the task options of each task type.
+IMAGE_ONLY_KEYS = {
+    "image", "image_column", "image_size", "augment", "image_size_schedule", "backbone", "pretrained",
+    "pretrained_file", "lr_ratio", "layer_decay", "channels_last", "finetuning", "mixing", "tta",
+}  # fmt: skip
+TASK_OPTION_KEYS = {
+    "label_smoothing": "multiclass",
+    "pos_weight": "binary",
+    "loss": "regression",
+    "dice_weight": "segmentation",
+}
+
+
+def config_keys(value: object) -> set[str]:
+    """Every mapping key anywhere in a parsed YAML document."""
+    if isinstance(value, dict):
+        return set(value).union(*(config_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(config_keys(v) for v in value))
+    return set()
+
+
+def test_default_config_shows_only_keys_of_its_answers(project: Path) -> None:
+    """A render's default.yaml carries no image keys without an image input and no other task type's options."""
+    recorded = recorded_answers(project)
+    keys = config_keys(yaml.safe_load((project / "configs" / "default.yaml").read_text(encoding="utf-8")))
+    if "image" not in recorded["modality"].split("+"):
+        assert not keys & IMAGE_ONLY_KEYS, (
+            f"image-only keys in a {recorded['modality']} project: {keys & IMAGE_ONLY_KEYS}"
+        )
+    foreign = {key for key, task in TASK_OPTION_KEYS.items() if key in keys and task != recorded["task_type"]}
+    assert not foreign, f"options of other task types in a {recorded['task_type']} project: {foreign}"
+
+
+TASK_TYPE_LITERAL = re.compile(r"[\"'](multiclass|binary|multilabel|regression|segmentation)[\"']")
+
+
+def test_task_behaviour_lives_in_tasks(project: Path) -> None:
+    """No task-type name as a string outside tasks/ (and answers.py, which records the answer): a task's behaviour
+    lives in its own tasks/<type>.py, so adding or deleting a task type touches no other module."""
+    package = project / "src" / recorded_answers(project)["package_name"]
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in package.rglob("*.py")
+        if "tasks" not in path.relative_to(package).parts[:1] and path.name != "answers.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if TASK_TYPE_LITERAL.search(line)
+    ]
+    assert not found, "task-type names outside tasks/:\n" + "\n".join(found)

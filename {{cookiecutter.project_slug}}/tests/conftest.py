@@ -71,7 +71,7 @@ def toy_sizes(**samples: int) -> dict[str, int]:
 
 def tiny_run_args(data: Path, runs: Path) -> list[str]:
     """The flags that make a run small enough for a test: tiny model and data, on the CPU, in `runs`."""
-    args = ["--data.image_size", "32", *backbone_args(TINY_BACKBONE)] if "image" in MODALITIES else []
+    args = ["--data.image.size", "32", *backbone_args(TINY_BACKBONE)] if "image" in MODALITIES else []
     return args + [
         "--runs_dir", str(runs),
         "--data.root", str(data),
@@ -106,14 +106,20 @@ def default_config(section: str) -> dict:
 
 
 def project_datamodule(root: Path, **overrides: object) -> DataModule:
-    """The DataModule as configs/default.yaml configures it (columns, task), on `root`, small and in-process."""
+    """The DataModule as configs/default.yaml configures it (columns, task), on `root`, small and in-process.
+
+    `overrides` replace DataModule arguments; a dict for a group (image, tabular, sequence, splits) updates the
+    configured group, e.g. `image={"augment": "strong"}` or `splits={"seed": 1}`.
+    """
     config = default_config("data")
     config.update(root=str(root), task_class=TASK_TYPE, batch_size=8, num_workers=0)
     if "image" in MODALITIES:
         from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
 
-        config.update(image_config=ImageEncoder.data_config(TINY_BACKBONE), image_size=32)
-    config.update(overrides)
+        config.update(image_config=ImageEncoder.data_config(TINY_BACKBONE), image={**config["image"], "size": 32})
+    for key, value in overrides.items():
+        group = config.get(key)
+        config[key] = {**group, **value} if isinstance(group, dict) and isinstance(value, dict) else value
     return DataModule(**config)
 
 

@@ -1,9 +1,11 @@
-"""Augmentation presets, mixup / cutmix and progressive resizing: what each does to the batches training sees."""
+"""Augmentation presets, mixup / cutmix (practices/callbacks/mixing.py) and progressive resizing: what each does to
+the batches training sees."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy
 import pytest
@@ -15,10 +17,11 @@ from conftest import cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import DataError, ProjectError
-from {{ cookiecutter.package_name }}.practices.mixing import MIXABLE_TASKS, build_mixing
+from {{ cookiecutter.package_name }}.tasks import load_task_class
 
 IMAGE = "image" in MODALITIES
-MIXABLE = MODALITIES == ("image",) and TASK_TYPE in MIXABLE_TASKS
+# Mixup / cutmix blend images and targets: image-only inputs and a task with soft targets (classification).
+MIXABLE = MODALITIES == ("image",) and hasattr(load_task_class(TASK_TYPE), "soft_loss")
 needs_image = pytest.mark.skipif(not IMAGE, reason="image augmentation and resizing: this project has no image input")
 needs_mixing = pytest.mark.skipif(
     not MIXABLE, reason=f"mixup / cutmix need image-only classification; this project is {TASK_TYPE} on {MODALITIES}"
@@ -37,8 +40,9 @@ def seed(value: int) -> None:
 
 def image_config():  # noqa: ANN201 - image.py exists in image projects only
     from {{ cookiecutter.package_name }}.data.image import ImageDataConfig
+    from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
 
-    return ImageDataConfig.for_backbone("test_resnet", SIZE)
+    return ImageDataConfig.for_encoder(ImageEncoder.data_config("test_resnet"), SIZE)
 
 
 def denormalize(image: torch.Tensor) -> torch.Tensor:
@@ -121,7 +125,7 @@ def test_eval_transform_is_deterministic_and_unaugmented() -> None:
 
 @needs_image
 def test_only_the_training_split_is_augmented(tiny_data: Path) -> None:
-    data = project_datamodule(tiny_data, augment="strong")
+    data = project_datamodule(tiny_data, image={"augment": "strong"})
     seed(0)
     train = [data.dataset("train")[0]["image"] for _ in range(3)]
     assert not torch.equal(train[0], train[1]) or not torch.equal(train[0], train[2])
@@ -180,16 +184,16 @@ def test_shifts_pad_by_reflection_not_black() -> None:
 @needs_image
 def test_bad_augment_value_fails_with_one_line(tiny_data: Path) -> None:
     with pytest.raises(DataError) as error:
-        project_datamodule(tiny_data, augment="heavy")
+        project_datamodule(tiny_data, image={"augment": "heavy"})
     message = str(error.value)
-    assert "data.augment='heavy'" in message and "none, light, strong" in message and "\n" not in message
+    assert "data.image.augment='heavy'" in message and "none, light, strong" in message and "\n" not in message
 
 
 # --- progressive resizing ----------------------------------------------------------------------------------------
 def test_bad_image_size_schedule_fails_with_one_line(tiny_data: Path) -> None:
     schedule = {0: 2 * SIZE} if IMAGE else {0: 16}  # larger than the image size / no image at all
     with pytest.raises(DataError) as error:
-        project_datamodule(tiny_data, image_size_schedule=schedule)
+        project_datamodule(tiny_data, image={"size_schedule": schedule})
     assert "data.image_size_schedule" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -213,7 +217,7 @@ class BatchSizes(pl.Callback):
 @needs_image
 def test_progressive_resizing_follows_the_schedule_in_a_fit(tiny_data: Path) -> None:
     # One persistent loader worker: the size must not depend on state a worker copied at the first epoch.
-    data = project_datamodule(tiny_data, image_size_schedule={0: 16, 2: 24}, num_workers=1)
+    data = project_datamodule(tiny_data, image={"size_schedule": {0: 16, 2: 24}}, num_workers=1)
     sizes = BatchSizes()
     trainer = pl.Trainer(
         max_epochs=3, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
@@ -226,6 +230,20 @@ def test_progressive_resizing_follows_the_schedule_in_a_fit(tiny_data: Path) -> 
 
 
 # --- mixup / cutmix ----------------------------------------------------------------------------------------------
+def batch_mixing(num_outputs: int, **options: object):  # noqa: ANN201 - mixing.py exists in image projects only
+    """The mixing the MixupCutmix callback applies, for this project's task."""
+    from {{ cookiecutter.package_name }}.practices.callbacks.mixing import BatchMixing
+
+    options = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, **options}
+    return BatchMixing(load_task_class(TASK_TYPE).mix_per_output, num_outputs, **options)
+
+
+def mixup_cutmix(**options: object):  # noqa: ANN201 - mixing.py exists in image projects only
+    from {{ cookiecutter.package_name }}.practices.callbacks.mixing import MixupCutmix
+
+    return MixupCutmix(**options)
+
+
 def hard_targets(batch_size: int, num_outputs: int) -> torch.Tensor:
     if TASK_TYPE == "multiclass":
         return torch.arange(batch_size) % num_outputs
@@ -241,7 +259,7 @@ def dense(target: torch.Tensor, num_outputs: int) -> torch.Tensor:
 @needs_mixing
 def test_mixed_targets_are_soft_and_blend_like_the_images() -> None:
     num_outputs = 1 if TASK_TYPE == "binary" else 3
-    mixing = build_mixing(TASK_TYPE, num_outputs, ["image"], mixup_alpha=1.0)
+    mixing = batch_mixing(num_outputs, mixup_alpha=1.0)
     target = hard_targets(8, num_outputs)
     image = torch.randn(8, 3, SIZE, SIZE)
     seed(0)
@@ -254,8 +272,8 @@ def test_mixed_targets_are_soft_and_blend_like_the_images() -> None:
     assert soft.min() >= 0 and soft.max() <= 1
     if TASK_TYPE == "multiclass":
         assert torch.allclose(soft.sum(-1), torch.ones(8))
-    # with label smoothing (timm's default would be 0.1, ours follows model.label_smoothing) they still sum to 1
-    smoothed = build_mixing(TASK_TYPE, num_outputs, ["image"], cutmix_alpha=1.0, label_smoothing=0.1)
+    # with label smoothing (timm's default would be 0.1, ours follows the task's label_smoothing) they still sum to 1
+    smoothed = batch_mixing(num_outputs, cutmix_alpha=1.0, label_smoothing=0.1)
     _, soft = smoothed({"image": image, "target": target}, epoch=0)
     assert soft.min() > 0 and soft.max() < 1
     if TASK_TYPE == "multiclass":
@@ -265,11 +283,11 @@ def test_mixed_targets_are_soft_and_blend_like_the_images() -> None:
 @needs_mixing
 def test_mixing_switches_off_and_skips_odd_batches() -> None:
     num_outputs = 1 if TASK_TYPE == "binary" else 3
-    mixing = build_mixing(TASK_TYPE, num_outputs, ["image"], mixup_alpha=1.0, off_epoch=2)
+    mixing = batch_mixing(num_outputs, mixup_alpha=1.0, off_epoch=2)
     batch = {"image": torch.randn(8, 3, SIZE, SIZE), "target": hard_targets(8, num_outputs)}
     mixed, soft = mixing(batch, epoch=1)
     assert soft is not None and not torch.equal(mixed["image"], batch["image"])
-    assert mixing(batch, epoch=2) == (batch, None)  # from mixup_off_epoch on: the plain batch and the hard loss
+    assert mixing(batch, epoch=2) == (batch, None)  # from mixing.off_epoch on: the plain batch and the hard loss
     odd = {"image": batch["image"][:7], "target": batch["target"][:7]}
     with pytest.warns(UserWarning, match="even data.batch_size"):
         assert mixing(odd, epoch=0) == (odd, None)
@@ -279,15 +297,19 @@ def test_mixing_switches_off_and_skips_odd_batches() -> None:
 @pytest.mark.filterwarnings("ignore:.*self.log")  # no Trainer attached: the step logs nothing
 def test_training_step_takes_the_soft_loss_and_scores_hard_labels(tiny_data: Path) -> None:
     data = project_datamodule(tiny_data)
-    model = project_model(data, mixup_alpha=1.0, cutmix_alpha=1.0).train()
+    model = project_model(data).train()
+    callback = mixup_cutmix(mixup_alpha=1.0, cutmix_alpha=1.0)
+    callback.setup(SimpleNamespace(), model, "fit")
     batch = next(iter(data.train_dataloader()))
     seed(0)
-    mixed, soft = model.mixing(batch, 0)
+    mixed, soft = callback.mixing(batch, 0)
     with torch.no_grad():
         outputs = model(mixed)
     expected = model.task.soft_loss(outputs, soft)
     assert not torch.allclose(expected, model.task.loss(outputs, batch["target"]))
-    seed(0)
+    seed(0)  # the callback mixes the batch the training step then receives, with the same draw
+    callback.on_train_batch_start(SimpleNamespace(current_epoch=0), model, batch, 0)
+    assert torch.equal(batch["image"], mixed["image"]) and torch.equal(batch["soft_target"], soft)
     with torch.no_grad():
         loss = model.training_step(batch, 0)
     assert torch.allclose(loss, expected)
@@ -300,22 +322,33 @@ def test_training_step_takes_the_soft_loss_and_scores_hard_labels(tiny_data: Pat
 
 @needs_mixing
 def test_fit_with_mixup_and_cutmix(tiny_data: Path, tmp_path: Path) -> None:
-    mixing = ["--model.mixup_alpha", "0.4", "--model.cutmix_alpha", "1.0", "--model.mixup_off_epoch", "1"]
+    mixing = ["--mixing.mixup_alpha", "0.4", "--mixing.cutmix_alpha", "1.0", "--mixing.off_epoch", "1"]
     cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, "--trainer.max_epochs", "2", *mixing))
     assert cli.trainer.state.finished and cli.trainer.global_step == 4
-    assert cli.model.mixing is not None and not cli.model.mixing.active(1)
+    (callback,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "MixupCutmix"]
+    assert callback.mixing is not None and callback.mixing.active(0) and not callback.mixing.active(1)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
+@needs_image
 def test_mixing_config_errors_are_one_line(tiny_data: Path) -> None:
-    data = project_datamodule(tiny_data)
-    bad = [{"mixup_alpha": -0.2}, {"mixup_alpha": 0.2, "mixup_prob": 1.5}, {"cutmix_alpha": 1.0, "mixup_off_epoch": -1}]
+    model = project_model(project_datamodule(tiny_data))
+    bad = [{"mixup_alpha": -0.2}, {"mixup_alpha": 0.2, "prob": 1.5}, {"cutmix_alpha": 1.0, "off_epoch": -1}]
     if not MIXABLE:
-        bad.append({"mixup_alpha": 0.2})  # segmentation, regression, or inputs besides the image
-    for overrides in bad:
+        bad.append({"mixup_alpha": 0.2})  # segmentation, or inputs besides the image: refused at setup
+    for options in bad:
         with pytest.raises(ProjectError) as error:
-            project_model(data, **overrides)
+            mixup_cutmix(**options).setup(SimpleNamespace(), model, "fit")
         message = str(error.value)
-        assert message.startswith("model.") and "\n" not in message, message
+        assert message.startswith("mixing.") and "\n" not in message, message
     if not MIXABLE:
         assert "set both to 0" in message
+
+
+@pytest.mark.skipif(IMAGE, reason="this project has image inputs")
+def test_mixing_is_not_a_section_without_images(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Mixup / cutmix blend images: projects without images have no `mixing:` section.
+    with pytest.raises(SystemExit) as done:
+        main(cli_args("fit", tiny_data, tmp_path / "runs", "--mixing.mixup_alpha", "0.2"))
+    assert done.value.code not in (0, None)
+    assert "mixing" in capsys.readouterr().err

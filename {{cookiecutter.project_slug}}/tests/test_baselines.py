@@ -11,8 +11,8 @@ import torch
 
 from conftest import cli_args, project_datamodule
 from {{ cookiecutter.package_name }}.answers import TASK_TYPE
-from {{ cookiecutter.package_name }}.practices.baselines import Features, constant_outputs
 from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.practices.baselines import Features, frequency_logits, log_frequencies
 
 
 def test_features_of_every_input() -> None:
@@ -51,16 +51,14 @@ def test_features_of_every_input() -> None:
     assert both.shape == (2, 12 + 5)
 
 
-def test_constant_outputs_are_the_best_constant_of_each_task() -> None:
-    classes = constant_outputs("multiclass", torch.tensor([0, 2, 2, 2]), 3)
+def test_the_best_constants_of_classes_and_of_0_1_targets() -> None:
+    # One class out of K (tasks/ use them from class counts): log frequencies.
+    classes = log_frequencies(torch.tensor([1, 0, 3]))
     assert classes.argmax() == 2 and classes.exp().tolist() == pytest.approx([0.25, 1e-8, 0.75], abs=1e-6)
-    assert constant_outputs("binary", torch.tensor([1.0, 1.0, 0.0, 1.0]), 1).tolist() == pytest.approx([math.log(3)])
-    labels = constant_outputs("multilabel", torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), 2)
+    # Independent 0/1 targets, one ([N]) or several per sample ([N, K]): the logit of each one's frequency.
+    assert frequency_logits(torch.tensor([1.0, 1.0, 0.0, 1.0])).tolist() == pytest.approx([math.log(3)])
+    labels = frequency_logits(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]))
     assert labels.sigmoid().tolist() == pytest.approx([0.75, 0.25])
-    means = constant_outputs("regression", torch.tensor([[1.0, -2.0], [-1.0, 4.0]]), 2)
-    assert means.tolist() == [0.0, 1.0]
-    pixels = constant_outputs("segmentation", torch.tensor([[[0, 1], [1, 1]]]), 2)
-    assert pixels.argmax() == 1
 
 
 def _majority_val_error(tiny_data: Path) -> float:
@@ -84,6 +82,7 @@ def _majority_val_error(tiny_data: Path) -> float:
 def test_baseline_command_scores_a_constant_and_a_linear_model(tiny_data: Path, tmp_path: Path) -> None:
     cli = main(cli_args("baseline", tiny_data, tmp_path / "runs", "--steps", "30"))
     result = json.loads((cli.run_dir / "baseline.json").read_text())
+    assert result["task"] == TASK_TYPE and result["error"] == cli.model.task.error_meaning
     majority, linear = result["baselines"]["majority"], result["baselines"]["linear"]
     assert set(majority) == set(linear) == {"train", "val", "test"}
     monitor = cli.model.task.monitor
@@ -97,3 +96,7 @@ def test_baseline_command_scores_a_constant_and_a_linear_model(tiny_data: Path, 
     markdown = (cli.run_dir / "baseline.md").read_text()
     assert "| majority | val |" in markdown and "| linear | train |" in markdown
     assert result["descriptions"]["majority"] in markdown
+    if TASK_TYPE in ("multiclass", "binary", "segmentation"):  # a single class every sample (or pixel) gets
+        assert result["majority_class"] in cli.model.task.class_names
+    else:
+        assert result["majority_class"] is None

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from conftest import CLASS_FOLDERS, CONFIGS, MONITOR, cli_args
 from {{ cookiecutter.package_name }}.answers import MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.practices.loggers import wandb_offline_without_key
+from {{ cookiecutter.package_name }}.practices.param_groups import find_backbone, param_groups
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
@@ -94,6 +97,128 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_data: Path, tmp_path: Path) -> 
     if "image" in MODALITIES:
         conv = next(m for m in cli.model.network.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compile_covers_the_training_steps_not_only_forward(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The steps call the network's halves (the loss may read the features), not its forward: `model.compile`
+    # must reach them. torch.compile is replaced by a recorder (compiling on a CPU takes minutes).
+    calls: dict[str, int] = {}
+
+    def recording_compile(function, **options):  # noqa: ANN001, ANN003, ANN202
+        def compiled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            name = getattr(function, "__name__", type(function).__name__)
+            calls[name] = calls.get(name, 0) + 1
+            return function(*args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    fast = ["--config", str(CONFIGS / "debug" / "fast_dev_run.yaml"), "--model.compile", "true"]
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *fast))
+    assert cli.trainer.global_step == 1
+    assert calls.get("network_parts", 0) >= 2  # the training step and the validation step
+
+
+def test_top_level_optimizer_and_lr_scheduler_are_refused_naming_the_models_keys(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    # LightningCLI's own --optimizer / --lr_scheduler would replace the model's optimizer: parameter groups,
+    # schedule and fine-tuning would silently be gone.
+    for flag, key in [("--optimizer", "model.optimizer"), ("--lr_scheduler", "model.lr_scheduler")]:
+        with pytest.raises(SystemExit) as refused:
+            main(cli_args("fit", tiny_data, tmp_path / "runs", flag, "torch.optim.SGD"))
+        message = str(refused.value.code)
+        assert message.startswith(f"error: {flag[2:]} is not a key") and key in message and "\n" not in message
+    config = tmp_path / "sgd.yaml"
+    config.write_text(yaml.safe_dump({"optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}}))
+    result = run_module(*cli_args("fit", tiny_data, tmp_path / "runs", "--config", str(config)), cwd=tmp_path)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: optimizer is not a key") and "model.optimizer" in line
+    with pytest.raises(SystemExit, match="error: optimizer is not a key of this project: set model.optimizer"):
+        main(cli_args("fit", tiny_data, tmp_path / "runs", f"--config={config}"))
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+SGD = ["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.05", "--trainer.log_every_n_steps", "1"]
+
+
+def logged_lrs(cli) -> dict[str, list[float]]:  # noqa: ANN001
+    """LearningRateMonitor's lr-<optimizer>/<group> columns of the run's CSV log, one value per optimizer step."""
+    with open(Path(cli.trainer.logger.log_dir) / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    columns = [name for name in rows[0] if name.startswith("lr-")]
+    return {name: [float(row[name]) for row in rows if row[name]] for name in columns}
+
+
+def test_sgd_from_the_command_line_trains_with_the_parameter_groups_and_the_schedule(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    extra = ["--trainer.max_epochs", "1", "--model.optimizer.weight_decay", "0.01"]
+    extra += ["--model.lr_ratio", "2"] if "image" in MODALITIES else []
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, *SGD, *extra))
+    assert cli.trainer.global_step == 2
+    (optimizer,) = cli.trainer.optimizers
+    assert type(optimizer) is torch.optim.SGD
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())["model"]["init_args"]["optimizer"]
+    assert saved["class_path"] == "torch.optim.SGD"
+    assert saved["init_args"]["lr"] == 0.05 and saved["init_args"]["weight_decay"] == 0.01
+    # The project's named parameter groups, at their discriminative LRs, weight decay on weights only.
+    model = cli.model
+    groups = param_groups(model, find_backbone(model.network), model.lr_ratio, model.layer_decay)
+    assert [group["name"] for group in optimizer.param_groups] == [group["name"] for group in groups]
+    for group, expected in zip(optimizer.param_groups, groups, strict=True):
+        assert group["initial_lr"] == pytest.approx(0.05 * expected["lr_scale"])
+        assert group["weight_decay"] == (0.0 if group["name"].endswith("_no_decay") else 0.01)
+    if "image" in MODALITIES:
+        assert optimizer.param_groups[0]["initial_lr"] < 0.05  # the backbone's first stage trains slower
+    # The per-step schedule, as LearningRateMonitor logged it for every group.
+    (config,) = cli.trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, LambdaLR) and config.interval == "step"
+    lrs = logged_lrs(cli)
+    assert set(lrs) == {f"lr-SGD/{group['name']}" for group in groups}
+    factors = [model.lr_schedule.factor(step, 2, 2) for step in range(2)]
+    assert lrs["lr-SGD/head"] == pytest.approx([0.05 * factor for factor in factors])
+    assert factors[0] != factors[1]  # the schedule moved the LR between the two steps
+
+
+def test_onecycle_with_sgd_without_momentum_trains(tiny_data: Path, tmp_path: Path) -> None:
+    # OneCycleLR cycles momentum by default and fails on an optimizer without one: schedules.py only asks for
+    # it when the optimizer has a momentum (SGD's is 0 unless set) or betas.
+    onecycle = ["--model.lr_scheduler.name", "onecycle", "--trainer.max_epochs", "2"]
+    cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, *SGD, *onecycle))
+    assert cli.trainer.global_step == 4
+    (optimizer,) = cli.trainer.optimizers
+    assert type(optimizer) is torch.optim.SGD and {group["momentum"] for group in optimizer.param_groups} == {0}
+    assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, OneCycleLR)
+    head = logged_lrs(cli)["lr-SGD/head"]
+    assert len(head) == 4 and head[0] == pytest.approx(0.05 / 25) and max(head) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (CONFIGS / "debug").glob("*.yaml")))
+def test_every_debug_preset_composes_with_the_default_and_toy_configs(
+    preset: str, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["fit", "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "toy.yaml")]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--config", str(CONFIGS / "debug" / preset), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    if preset == "overfit_batch.yaml":  # regularization off
+        model = printed["model"]["init_args"]
+        assert model["optimizer"]["init_args"]["weight_decay"] == 0.0
+        assert model["lr_scheduler"]["warmup_fraction"] == 0.0
+        network = model["network"]["init_args"]
+        assert network.get("head", network)["dropout"] == 0.0  # segmentation: the network's own dropout
+        assert model["task"].get("init_args", {}).get("label_smoothing", 0.0) == 0.0
+        assert (
+            printed.get("mixing", {}).get("mixup_alpha", 0.0)
+            == printed.get("mixing", {}).get("cutmix_alpha", 0.0)
+            == 0.0
+        )
+        assert printed["trainer"]["overfit_batches"] == 1 and printed["checkpoint"]["save_top_k"] == 0
 
 
 def inputs_to_predict(data: Path, folder: Path) -> tuple[Path, list[str]]:

@@ -5,6 +5,7 @@ them (the manifest CSV layout is tested in test_manifest.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
 
@@ -14,9 +15,30 @@ from PIL import Image
 
 from conftest import TINY_BACKBONE, project_datamodule
 from {{ cookiecutter.package_name }}.data.datamodule import DataModule
+from {{ cookiecutter.package_name }}.data.image import IMAGENET_MEAN, IMAGENET_STD, ImageDataConfig
+from {{ cookiecutter.package_name }}.data.targets import ClassTarget
 from {{ cookiecutter.package_name }}.errors import DataError
+from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
+from {{ cookiecutter.package_name }}.tasks import Task
+
+PACKAGE = "{{ cookiecutter.package_name }}"
 
 COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+
+
+class FolderClasses(Task):
+    """Multiclass labels from class folders, for projects rendered without tasks/multiclass.py: the data reads
+    targets with the task class's `target_reader`, and nothing here trains."""
+
+    class_folder_labels = True
+
+    @staticmethod
+    def target_reader(target_columns: list[str], classes: list[str] | None) -> ClassTarget:
+        return ClassTarget(target_columns[0], classes)
+
+
+# The task class path the CLI would link into data.task_class.
+MULTICLASS = "multiclass" if importlib.util.find_spec(f"{PACKAGE}.tasks.multiclass") else f"{__name__}.FolderClasses"
 
 
 def write_coloured_images(split_dir: Path, per_class: int, seed: int = 0) -> None:
@@ -30,8 +52,15 @@ def write_coloured_images(split_dir: Path, per_class: int, seed: int = 0) -> Non
 
 
 def datamodule(root: Path, **kwargs) -> DataModule:
+    image_config = ImageEncoder.data_config(TINY_BACKBONE)  # what the CLI links in from the image encoder
     return DataModule(
-        root=str(root), task="multiclass", backbone=TINY_BACKBONE, image_size=8, num_workers=0, augment=False, **kwargs
+        root=str(root),
+        task_class=MULTICLASS,
+        image_config=image_config,
+        image_size=8,
+        num_workers=0,
+        augment=False,
+        **kwargs,
     )
 
 
@@ -68,12 +97,25 @@ def test_existing_val_and_test_splits_are_used_as_they_are(tiny_data: Path) -> N
 
 
 def test_normalization_and_size_follow_the_backbone() -> None:
-    from {{ cookiecutter.package_name }}.data.image import ImageDataConfig
-
-    imagenet = ImageDataConfig.for_backbone("resnet18")
+    imagenet = ImageDataConfig.for_encoder(ImageEncoder.data_config("resnet18"))
     assert (imagenet.image_size, imagenet.mean, imagenet.std) == (224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    tiny = ImageDataConfig.for_backbone(TINY_BACKBONE, image_size=32)
+    tiny = ImageDataConfig.for_encoder(ImageEncoder.data_config(TINY_BACKBONE), image_size=32)
     assert (tiny.image_size, tiny.mean) == (32, (0.5, 0.5, 0.5))
+
+
+def test_an_image_encoder_without_a_data_config_gets_imagenet_statistics_and_needs_a_size(tmp_path: Path) -> None:
+    write_coloured_images(tmp_path / "train", per_class=4)
+    for image_config in (None, {}):
+        data = DataModule(
+            root=str(tmp_path), task_class=MULTICLASS, image_config=image_config, image_size=8, num_workers=0
+        )
+        assert (data.data_config.image_size, data.data_config.mean, data.data_config.std) == (
+            8,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        )
+        with pytest.raises(DataError, match=r"data\.image_size is null and the image encoder names no input size"):
+            DataModule(root=str(tmp_path), task_class=MULTICLASS, image_config=image_config, num_workers=0)
 
 
 def test_missing_data_folder_names_the_path_and_the_fix(tmp_path: Path) -> None:

@@ -13,17 +13,26 @@ from conftest import cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.practices.bias_variance import GAP_LABELS, SplitErrors, diagnose, next_steps, to_markdown
-from {{ cookiecutter.package_name }}.practices.error_analysis import (
-    confusion_matrix,
-    iou_table,
-    most_confused,
-    per_label_table,
-    residual_table,
-)
+from {{ cookiecutter.package_name }}.practices.error_analysis import confusion_matrix, most_confused
 from {{ cookiecutter.package_name }}.practices.evaluation import evaluate_split
+from {{ cookiecutter.package_name }}.tasks import Task, build_task
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
 CLASSIFICATION = ("multiclass", "binary")
+TASK = build_task(TASK_TYPE, ["a", "b"])  # the project's task: what its error means, its own knobs and analyses
+
+
+class StandardizedError(Task):
+    """An error that is not a rate (like regression's RMSE in train standard deviations)."""
+
+    name = "standardized"
+    error_meaning = "RMSE in units of each target's train standard deviation"
+    error_is_rate = False
+
+
+def task_tables(name: str) -> object:
+    """The module tasks/<name>.py (skipped when the project has none), for its error-analysis tables."""
+    return pytest.importorskip(f"{{ cookiecutter.package_name }}.tasks.{name}", reason=f"no tasks/{name}.py")
 
 
 @pytest.mark.parametrize(
@@ -38,16 +47,18 @@ CLASSIFICATION = ("multiclass", "binary")
 def test_the_largest_gap_names_the_problem_and_its_next_steps(
     errors: SplitErrors, dominant: str, first_step: str
 ) -> None:
-    report = diagnose(errors, task=TASK_TYPE, inputs=MODALITIES)
-    assert report.dominant == dominant
-    assert report.next_steps == next_steps(dominant, MODALITIES, TASK_TYPE)
+    report = diagnose(errors, task=TASK, inputs=MODALITIES)
+    assert report.dominant == dominant and report.task == TASK_TYPE
+    assert report.next_steps == next_steps(dominant, MODALITIES, TASK)
     assert first_step in report.next_steps[0].lower()
     assert report.gaps[dominant] == max(report.gaps.values())
-    assert "**<- dominant**" in next(line for line in to_markdown(report).splitlines() if GAP_LABELS[dominant] in line)
+    markdown = to_markdown(report, TASK)
+    assert "**<- dominant**" in next(line for line in markdown.splitlines() if GAP_LABELS[dominant] in line)
+    assert markdown.startswith(f"error: {TASK.error_meaning}.")
 
 
 def test_next_steps_name_the_knobs_the_inputs_have() -> None:
-    def text(problem: str, inputs: tuple[str, ...], task: str = "binary") -> str:
+    def text(problem: str, inputs: tuple[str, ...], task: Task | None = None) -> str:
         return " ".join(next_steps(problem, inputs, task))
 
     assert "model.backbone" in text("avoidable_bias", ("image",)) and "data.augment" in text("variance", ("image",))
@@ -59,8 +70,13 @@ def test_next_steps_name_the_knobs_the_inputs_have() -> None:
     assert "data.numeric_columns" in text("variance", ("tabular",))
     assert "worst_examples.png" in text("data_mismatch", ("image",))
     assert "worst_examples.png" not in text("data_mismatch", ("tabular",))
-    assert "label_smoothing" in text("variance", ("image",), "multiclass")
-    assert "label_smoothing" not in text("variance", ("image",), "regression")
+    # The task's own: its regularizers, what of its error analysis to look at, mixing for tasks with soft targets.
+    assert ("label_smoothing" in text("variance", ("image",), TASK)) == (TASK_TYPE == "multiclass")
+    assert "label_smoothing" not in text("variance", ("image",))
+    mixable = TASK_TYPE in ("multiclass", "binary", "multilabel")
+    assert ("mixup_alpha" in text("variance", ("image",), TASK)) == mixable
+    assert "mixup_alpha" not in text("variance", ("tabular",), TASK)
+    assert TASK.look_at in text("data_mismatch", ("image",), TASK)
 
 
 def test_gaps_and_what_cannot_be_told_apart() -> None:
@@ -83,15 +99,18 @@ def test_gaps_and_what_cannot_be_told_apart() -> None:
     assert any("20 samples" in note for note in noisy.notes)  # +/-6.7%: a small val set is said to be noisy
 
 
-def test_regression_errors_are_standardized_rmse_not_rates() -> None:
-    report = diagnose(SplitErrors(reference=0.0, train=0.5, val=1.25), sizes={"val": 50}, task="regression")
-    markdown = to_markdown(report)
+def test_errors_that_are_not_rates_are_written_as_numbers() -> None:
+    task = StandardizedError()  # e.g. regression's standardized RMSE
+    report = diagnose(SplitErrors(reference=0.0, train=0.5, val=1.25), sizes={"val": 50}, task=task)
+    markdown = to_markdown(report, task)
     assert "| val | 1.2500 | 50 |" in markdown and "%" not in markdown.split("Next steps")[0]
-    assert "standard deviation" in markdown
+    assert "standard deviation" in markdown and report.task == "standardized"
     assert any("+/-0.1250" in note for note in report.notes)  # RMSE / sqrt(2n)
+    rates = to_markdown(diagnose(SplitErrors(reference=0.0, train=0.5, val=1.25)))
+    assert "| val | 125.00% |" in rates
 
 
-def test_error_analysis_tables_of_every_task() -> None:
+def test_confusion_matrix_and_most_confused_pairs() -> None:
     names = ["a", "b", "c"]
     # Classes (and pixels): rows true, columns predicted.
     matrix = confusion_matrix(torch.tensor([0, 1, 1, 2, 2, 2]), torch.tensor([0, 0, 1, 2, 2, 1]), 3)
@@ -100,17 +119,28 @@ def test_error_analysis_tables_of_every_task() -> None:
         {"true": "a", "predicted": "b", "count": 1},
         {"true": "b", "predicted": "c", "count": 1},
     ]
+
+
+def test_segmentation_iou_per_class() -> None:
+    segmentation = task_tables("segmentation")
     maps = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8), torch.tensor([[[0, 0], [1, 1]]], dtype=torch.uint8)
-    table = iou_table(confusion_matrix(*maps, 3), names)
+    table = segmentation.iou_table(confusion_matrix(*maps, 3), ["a", "b", "c"])
     assert [row["iou"] for row in table] == [0.5, 0.6667, None]  # c: absent and never predicted
     assert [row["true_share"] for row in table] == [0.5, 0.5, 0.0]
 
+
+def test_multilabel_table_per_label() -> None:
+    multilabel = task_tables("multilabel")
     logits, labels = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]), torch.tensor([[1, 0], [0, 1], [1, 0.0]])
-    per_label = per_label_table(logits, labels, ["x", "y"])
+    per_label = multilabel.per_label_table(logits, labels, ["x", "y"])
     assert per_label[0] == {"label": "x", "support": 2, "predicted": 2, "precision": 0.5, "recall": 0.5, "f1": 0.5}
     assert per_label[1]["recall"] == 1.0 and per_label[1]["precision"] == 1.0
 
-    residuals = residual_table(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[2.0, 0.0], [2.0, 4.0]]), "uv")
+
+def test_regression_residuals_per_target() -> None:
+    regression = task_tables("regression")
+    predictions, targets = torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[2.0, 0.0], [2.0, 4.0]])
+    residuals = regression.residual_table(predictions, targets, "uv")
     assert residuals[0] == {"target": "u", "mae": 1.0, "rmse": 1.0, "bias": 0.0, "max_abs": 1.0}
     assert residuals[1]["bias"] == -2.0 and residuals[1]["max_abs"] == 4.0
 
@@ -120,12 +150,12 @@ def test_train_dev_split_is_seeded_stratified_and_never_trained_on(tiny_data: Pa
         return {row.id for row in datamodule.splits[split]}
 
     full_train = ids(project_datamodule(tiny_data), "train")
-    split = project_datamodule(tiny_data, train_dev_fraction=0.25)
+    split = project_datamodule(tiny_data, splits={"train_dev_fraction": 0.25})
     train, train_dev = ids(split, "train"), ids(split, "train_dev")
     assert not train & train_dev and train | train_dev == full_train
     assert len(train_dev) == pytest.approx(0.25 * len(full_train), abs=len(split.class_names))
-    assert project_datamodule(tiny_data, train_dev_fraction=0.25).splits["train_dev"] == split.splits["train_dev"]
-    assert ids(project_datamodule(tiny_data, train_dev_fraction=0.25, split_seed=1), "train_dev") != train_dev
+    assert project_datamodule(tiny_data, splits={"train_dev_fraction": 0.25}).splits["train_dev"] == split.splits["train_dev"]
+    assert ids(project_datamodule(tiny_data, splits={"train_dev_fraction": 0.25, "seed": 1}), "train_dev") != train_dev
     assert "train_dev" not in project_datamodule(tiny_data).splits
     assert len(split.train_dataloader().dataset) == len(train)
     if TASK_TYPE in CLASSIFICATION:  # every class keeps its share
@@ -135,7 +165,8 @@ def test_train_dev_split_is_seeded_stratified_and_never_trained_on(tiny_data: Pa
 
 
 def test_errors_are_measured_without_augmentation(tiny_data: Path) -> None:
-    datamodule = project_datamodule(tiny_data, augment=True)
+    augmented = {"image": {"augment": True}} if "image" in MODALITIES else {}  # the training transform is random
+    datamodule = project_datamodule(tiny_data, **augmented)
     model = project_model(datamodule)
     first = evaluate_split(model, datamodule, "train")
     second = evaluate_split(model, datamodule, "train")
@@ -156,7 +187,7 @@ def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, t
     # An earlier `baseline` run: with no reference_error configured, its best val error is the reference.
     (runs / "earlier-baseline").mkdir(parents=True)
     (runs / "earlier-baseline" / "baseline.json").write_text(json.dumps({"best": {"name": "linear", "val_error": 0.4}}))
-    split = ["--data.train_dev_fraction", "0.25"]
+    split = ["--data.splits.train_dev_fraction", "0.25"]
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, *split, "--trainer.max_epochs", "1"))
     after_fit = json.loads((fit.run_dir / "diagnosis.json").read_text())
     assert after_fit["weights"] == fit.trainer.checkpoint_callback.best_model_path

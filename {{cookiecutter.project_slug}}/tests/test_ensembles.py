@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,16 +16,15 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from conftest import MONITOR, cli_args, project_datamodule, project_model
+from conftest import MONITOR, cli_args, default_config, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
-from {{ cookiecutter.package_name }}.practices.callbacks.ensembles import EMA, Ensembles
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.practices.averaging import outputs_from_activations
 from {{ cookiecutter.package_name }}.errors import ProjectError
-from {{ cookiecutter.package_name }}.practices.evaluation import eval_dataset, eval_loader
 from {{ cookiecutter.package_name }}.module import Model
+from {{ cookiecutter.package_name }}.practices.averaging import outputs_from_activations
+from {{ cookiecutter.package_name }}.practices.callbacks.ensembles import EMA, Ensembles
+from {{ cookiecutter.package_name }}.practices.evaluation import eval_dataset, eval_loader
 from {{ cookiecutter.package_name }}.tasks import build_task
-from {{ cookiecutter.package_name }}.practices.tta import tta_activations
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
 needs_image = pytest.mark.skipif("image" not in MODALITIES, reason="test-time augmentation augments image inputs")
@@ -69,7 +69,9 @@ class WeightRecorder(pl.Callback):
 
 def fit_in_process(tiny_data: Path, tmp_path: Path, callbacks: list[pl.Callback], epochs: int) -> pl.LightningModule:
     data = project_datamodule(tiny_data)
-    model = project_model(data, lr=0.01)  # large steps: the averages differ clearly from the weights
+    # Large steps: the averages differ clearly from the weights. The configured optimizer, at another LR.
+    optimizer = default_config("model")["init_args"]["optimizer"]["init_args"]
+    model = project_model(data, optimizer=partial(torch.optim.AdamW, **{**optimizer, "lr": 0.01}))
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -148,7 +150,8 @@ def test_swa_from_the_command_line_writes_its_checkpoint_and_score(tiny_data: Pa
 
 
 def test_snapshot_ensemble_from_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
-    sgdr = ["--model.schedule", "sgdr", "--model.restart_epochs", "1", "--model.restart_mult", "2"]
+    sgdr = ["--model.lr_scheduler.name", "sgdr", "--model.lr_scheduler.restart_epochs", "1"]
+    sgdr += ["--model.lr_scheduler.restart_mult", "2"]
     snapshots = ["--ensembles.snapshots", "true", "--ensembles.snapshot_splits", "[val, test]"]
     cli = main(
         cli_args("fit", tiny_data, tmp_path / "runs", *FEW_BATCHES, *sgdr, *snapshots, "--trainer.max_epochs", "3")
@@ -213,18 +216,30 @@ def test_weight_averaging_refuses_sharded_strategies() -> None:
         EMA(decay=0.9).setup(trainer, None, "fit")
 
 
-def test_tta_is_refused_without_images_and_for_unknown_modes(tiny_data: Path) -> None:
-    data = project_datamodule(tiny_data)
-    with pytest.raises(ProjectError, match="model.tta='rotate'"):
-        project_model(data, tta="rotate")
-    if "image" not in MODALITIES:
-        with pytest.raises(ProjectError, match="model.tta='flip' augments images"):
-            project_model(data, tta="flip")
+def test_tta_is_refused_without_images_and_for_unknown_modes(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    if "image" not in MODALITIES:  # no tta section in the config: the parser names the unknown key
+        with pytest.raises(SystemExit):
+            main(cli_args("test", tiny_data, tmp_path / "runs", "--tta.mode", "flip"))
+        assert "unrecognized arguments: --tta.mode flip" in capsys.readouterr().err
+        return
+    from {{ cookiecutter.package_name }}.practices.tta import TestTimeAugmentation  # image projects only
+
+    with pytest.raises(ProjectError, match="tta.mode='rotate' is not a test-time augmentation"):
+        TestTimeAugmentation(mode="rotate")
+    # A model of this project without its image input (e.g. the data's image column unset).
+    with pytest.raises(ProjectError, match="tta.mode='flip' augments images; this model's inputs are tabular"):
+        TestTimeAugmentation(mode="flip").setup(SimpleNamespace(), SimpleNamespace(inputs={"tabular": {}}), "test")
+    with pytest.raises(SystemExit, match="error: tta.mode='rotate' is not a test-time augmentation"):
+        main(cli_args("test", tiny_data, tmp_path / "runs", "--tta.mode", "rotate"))
 
 
 @needs_image
 @pytest.mark.skipif(TASK_TYPE == "segmentation", reason="per-pixel outputs are mirrored back: see the next test")
 def test_flip_tta_of_a_mirror_symmetric_image_is_the_plain_prediction(tiny_data: Path) -> None:
+    from {{ cookiecutter.package_name }}.practices.tta import tta_activations  # image projects only
+
     data = project_datamodule(tiny_data)
     model = project_model(data).eval()
     batch = next(iter(eval_loader(data, eval_dataset(data, "val"))))
@@ -255,6 +270,8 @@ class PointwiseNet(PositionalNet):
 
 @needs_image
 def test_tta_maps_per_pixel_outputs_back_onto_the_image() -> None:
+    from {{ cookiecutter.package_name }}.practices.tta import tta_activations  # image projects only
+
     torch.manual_seed(0)
     batch = {"image": torch.randn(2, 3, 16, 16)}
     net = PositionalNet()
@@ -281,11 +298,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_tta_at_test_and_predict_from_the_command_line(tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
-    tested = main(cli_args("test", tiny_data, runs, "--ckpt_path", "best", "--model.tta", "flip"))
+    tested = main(cli_args("test", tiny_data, runs, "--ckpt_path", "best", "--tta.mode", "flip"))
     metrics = json.loads((tested.run_dir / "test_metrics.json").read_text())
     assert {f"test/{MONITOR}", f"test_tta/{MONITOR}"} <= set(metrics)  # side by side
     plain = main(cli_args("predict", tiny_data, runs, "--ckpt_path", "best"))
-    tta = main(cli_args("predict", tiny_data, runs, "--ckpt_path", "best", "--model.tta", "flip_crops"))
+    tta = main(cli_args("predict", tiny_data, runs, "--ckpt_path", "best", "--tta.mode", "flip_crops"))
     plain_rows, tta_rows = read_csv(plain.run_dir / "predictions.csv"), read_csv(tta.run_dir / "predictions.csv")
     assert len(tta_rows) == 12 and [row["id"] for row in tta_rows] == [row["id"] for row in plain_rows]
     assert plain_rows != tta_rows  # the averaged views predict other probabilities

@@ -16,8 +16,8 @@ from conftest import cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import ProjectError
-from {{ cookiecutter.package_name }}.practices.export import export_network
 from {{ cookiecutter.package_name }}.module import Model
+from {{ cookiecutter.package_name }}.practices.export import export_network
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
 # The exported inputs of each modality, named by their place in the batch dict.

@@ -1,10 +1,12 @@
-"""Fine-tuning a backbone (optim.py, callbacks/finetuning.py): parameter groups and discriminative LRs, and, epoch
+"""Fine-tuning a backbone (practices/param_groups.py, practices/callbacks/finetuning.py): parameter groups and
+discriminative LRs, and, epoch
 by epoch through real fits, which parameters train, at which LR, with frozen BatchNorm statistics, and after a
 resume from a mid-run checkpoint."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from conftest import MODE, MONITOR, cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.data.datamodule import DataModule
 from {{ cookiecutter.package_name }}.errors import ProjectError
 from {{ cookiecutter.package_name }}.practices.param_groups import backbone_stages, find_backbone, param_groups
 
@@ -22,51 +25,82 @@ needs_image = pytest.mark.skipif("image" not in MODALITIES, reason="fine-tuning 
 
 
 @pytest.fixture(scope="module")
-def model(tiny_data: Path) -> pl.LightningModule:
+def data(tiny_data: Path) -> DataModule:
     data = project_datamodule(tiny_data)
     data.setup("fit")
+    return data
+
+
+@pytest.fixture(scope="module")
+def model(data: DataModule) -> pl.LightningModule:
     return project_model(data)
 
 
-def test_weight_decay_only_on_weights_and_every_parameter_once(model: pl.LightningModule) -> None:
-    groups = param_groups(model, find_backbone(model.network), lr=1e-3, weight_decay=0.05)
+def built_optimizer(data: DataModule, lr: float, weight_decay: float, **overrides: object) -> torch.optim.Optimizer:
+    """The optimizer the Model builds over its parameter groups (AdamW at `lr`, no schedule)."""
+    optimizer = partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
+    model = project_model(data, optimizer=optimizer, lr_scheduler=None, **overrides)
+    return model.configure_optimizers()["optimizer"]
+
+
+def test_weight_decay_only_on_weights_and_every_parameter_once(model: pl.LightningModule, data: DataModule) -> None:
+    groups = param_groups(model, find_backbone(model.network))
     params = [p for group in groups for p in group["params"]]
     assert len(params) == len({id(p) for p in params}) == len(list(model.parameters()))
     for group in groups:
-        assert group["weight_decay"] == (0.0 if group["name"].endswith("_no_decay") else 0.05)
         assert all((p.ndim <= 1) == group["name"].endswith("_no_decay") for p in group["params"])
-    assert {group["lr"] for group in groups} == {1e-3}  # lr_ratio 1: one LR
+    assert {group["lr_scale"] for group in groups} == {1.0}  # lr_ratio 1: one LR
+    # The configured optimizer's weight decay applies to the weights only, its LR to every group.
+    optimizer = built_optimizer(data, lr=1e-3, weight_decay=0.05)
+    assert [group["name"] for group in optimizer.param_groups] == [group["name"] for group in groups]
+    for group in optimizer.param_groups:
+        assert group["weight_decay"] == (0.0 if group["name"].endswith("_no_decay") else 0.05)
+    assert {group["lr"] for group in optimizer.param_groups} == {1e-3}
 
 
 @pytest.mark.skipif("image" in MODALITIES, reason="this project has an image backbone")
-@pytest.mark.parametrize("setting", [{"finetune": "frozen"}, {"lr_ratio": 3.0}, {"freeze_bn": True}])
-def test_backbone_settings_fail_clearly_without_a_backbone(tiny_data: Path, setting: dict) -> None:
-    data = project_datamodule(tiny_data)
-    data.setup("fit")
-    with pytest.raises(ProjectError, match=f"model.{next(iter(setting))} need a pretrained image backbone"):
+@pytest.mark.parametrize("setting", [{"lr_ratio": 3.0}, {"layer_decay": 0.7}])
+def test_backbone_settings_fail_clearly_without_a_backbone(data: DataModule, setting: dict) -> None:
+    with pytest.raises(ProjectError, match="model.lr_ratio / model.layer_decay need a pretrained backbone"):
         project_model(data, **setting)
 
 
+@pytest.mark.skipif("image" in MODALITIES, reason="this project has an image backbone")
+@pytest.mark.parametrize("setting", [["--finetuning.mode", "frozen"], ["--finetuning.freeze_bn", "true"]])
+def test_finetuning_is_not_a_section_without_a_backbone(
+    setting: list[str], tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Fine-tuning recipes need an image backbone: projects without images have no `finetuning:` section.
+    with pytest.raises(SystemExit) as done:
+        main(cli_args("fit", tiny_data, tmp_path / "runs", *setting))
+    assert done.value.code not in (0, None)
+    assert "finetuning" in capsys.readouterr().err
+
+
 @needs_image
-def test_discriminative_lrs_follow_timms_stage_groups(model: pl.LightningModule) -> None:
+def test_discriminative_lrs_follow_timms_stage_groups(model: pl.LightningModule, data: DataModule) -> None:
+    from {{ cookiecutter.package_name }}.practices.callbacks.finetuning import StagedFinetuning
+
     backbone = find_backbone(model.network)
     stages = backbone_stages(backbone)
     assert [names[0].split(".")[0] for names in stages] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
-    groups = param_groups(model, backbone, lr=1e-2, weight_decay=0.05, lr_ratio=10.0)
-    lrs = {group["name"]: group["lr"] for group in groups}
-    assert lrs["head"] == lrs["head_no_decay"] == 1e-2
+    groups = param_groups(model, backbone, lr_ratio=10.0)
+    scales = {group["name"]: group["lr_scale"] for group in groups}
+    assert scales["head"] == scales["head_no_decay"] == 1.0
     for index in range(len(stages)):  # the last stage one step below the head, the stem five
+        assert scales[f"backbone_{index}"] == pytest.approx(1 / 10 ** (len(stages) - index))
+    # The Model multiplies the scales into the configured optimizer's LR.
+    optimizer = built_optimizer(data, lr=1e-2, weight_decay=0.05, lr_ratio=10.0)
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs["head"] == lrs["head_no_decay"] == 1e-2
+    for index in range(len(stages)):
         assert lrs[f"backbone_{index}"] == pytest.approx(1e-2 / 10 ** (len(stages) - index))
-    decayed = param_groups(model, backbone, lr=1e-2, weight_decay=0.05, layer_decay=0.5)
-    assert {g["name"]: g["lr"] for g in decayed}["backbone_0"] == pytest.approx(1e-2 * 0.5 ** len(stages))
-    with pytest.raises(ProjectError, match="model.finetune='partial' is not one of finetune, frozen, gradual"):
-        project_model_like(model, finetune="partial")
+    decayed = built_optimizer(data, lr=1e-2, weight_decay=0.05, layer_decay=0.5)
+    assert {g["name"]: g["lr"] for g in decayed.param_groups}["backbone_0"] == pytest.approx(1e-2 * 0.5 ** len(stages))
+    with pytest.raises(ProjectError, match="finetuning.mode='partial' is not one of finetune, frozen, gradual"):
+        StagedFinetuning(mode="partial")
     with pytest.raises(ProjectError, match="set only one"):
-        project_model_like(model, lr_ratio=3.0, layer_decay=0.7)
-
-
-def project_model_like(model: pl.LightningModule, **overrides: object) -> pl.LightningModule:
-    return type(model)(**{**model.hparams, **overrides})
+        project_model(data, lr_ratio=3.0, layer_decay=0.7)
 
 
 class EpochRecord(pl.Callback):
@@ -114,7 +148,7 @@ class StopAfter(pl.Callback):
 QUIET = ["--trainer.logger", "false", "--trainer.callbacks", "[]"]
 QUIET += ["--checkpoint.monitor", f"val/{MONITOR}", "--checkpoint.mode", MODE]
 FEW = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
-GRADUAL = ["--model.finetune", "gradual", "--model.unfreeze_after", "1", "--model.lr_ratio", "3"]
+GRADUAL = ["--finetuning.mode", "gradual", "--finetuning.unfreeze_after", "1", "--model.lr_ratio", "3"]
 
 
 def callback_arg(name: str, **init_args: object) -> str:
@@ -157,7 +191,7 @@ def test_gradual_unfreezes_one_stage_per_epoch_last_first(gradual_run: EpochReco
 
 @needs_image
 @pytest.mark.parametrize(
-    ("setting", "weights_train"), [(["--model.finetune", "frozen"], False), (["--model.freeze_bn", "true"], True)]
+    ("setting", "weights_train"), [(["--finetuning.mode", "frozen"], False), (["--finetuning.freeze_bn", "true"], True)]
 )
 def test_frozen_batchnorm_statistics_do_not_move(
     setting: list[str], weights_train: bool, tiny_data: Path, tmp_path: Path

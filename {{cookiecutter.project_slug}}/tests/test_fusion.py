@@ -6,11 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }}.models.fusion import FUSION_KINDS, build_fusion
 from {{ cookiecutter.package_name }}.models.network import Network
+from {{ cookiecutter.package_name }}.models.registry import build, registered
 
 MULTI = ("concat", "late", "gated")
 DIMS = {"2": {"image": 12, "tabular": 3}, "3": {"image": 12, "tabular": 3, "sequence": 7}}
+
+
+def build_fusion(kind: str, dims: dict[str, int], out_features: int, **options: int) -> nn.Module:
+    """The fusion `kind` as the network builds it: by its registered name, ending in the linear head."""
+    return build(
+        "fusion",
+        {"name": kind, **options},
+        dims,
+        lambda in_features: build("head", "linear", in_features, out_features),
+    )
 
 
 def _features(dims: dict[str, int], batch: int = 4) -> dict[str, torch.Tensor]:
@@ -39,9 +49,9 @@ def test_wrong_number_of_inputs_or_unknown_kind_raise() -> None:
     for kind in MULTI:
         with pytest.raises(ValueError, match=kind):
             build_fusion(kind, {"image": 12}, 2)
-    with pytest.raises(ValueError, match="gated"):
+    with pytest.raises(ValueError, match="fusion 'attention' is not registered; registered: concat, gated, late, none"):
         build_fusion("attention", DIMS["2"], 2)
-    assert FUSION_KINDS == ("none", "concat", "late", "gated")
+    assert registered("fusion") == ["concat", "gated", "late", "none"]
 
 
 @pytest.mark.parametrize("kind", MULTI)
@@ -79,7 +89,8 @@ def _two_input_data(n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.T
 def _accuracy(kind: str, inputs: tuple[str, ...], target_index: int, steps: int = 150) -> float:
     torch.manual_seed(0)
     train, test = _two_input_data(512, seed=1), _two_input_data(1024, seed=2)
-    fusion = build_fusion(kind, {n: train[0][n].shape[1] for n in inputs}, out_features=1, fusion_dim=16)
+    options = {} if kind == "none" else {"fusion_dim": 16}  # one input: nothing to project
+    fusion = build_fusion(kind, {n: train[0][n].shape[1] for n in inputs}, out_features=1, **options)
     optimizer = torch.optim.Adam(fusion.parameters(), lr=2e-2)
     x, y = {n: train[0][n] for n in inputs}, train[target_index]
     for _ in range(steps):
@@ -125,17 +136,26 @@ def test_fusion_learns_what_no_single_input_can() -> None:
 
 def test_network_runs_encoders_then_fusion() -> None:
     torch.manual_seed(0)
-    encoders = {"tabular": nn.Linear(4, 6), "image": nn.Linear(10, 8)}
-    fusion = build_fusion("concat", {name: e.out_features for name, e in encoders.items()}, 3, fusion_dim=8)
-    network = Network(encoders, fusion)
+    # Encoders named by import path: plain linear layers (the data's input specs are not theirs to read).
+    encoders = {
+        "tabular": {"name": "torch.nn.Linear", "in_features": 4, "out_features": 6},
+        "image": {"name": "torch.nn.Linear", "in_features": 10, "out_features": 8},
+    }
+    concat = {"name": "concat", "fusion_dim": 8}
+    network = Network({"tabular": {}, "image": {}}, 3, encoders=encoders, fusion=concat)
+    assert network.feature_dims == {"image": 8, "tabular": 6}
+    assert isinstance(network.encoders["image"], nn.Linear) and network.fusion.names == ("image", "tabular")
     batch = {"image": torch.randn(2, 10), "tabular": torch.randn(2, 4), "target": torch.zeros(2)}
-    features = network.features(batch)
+    features = network.forward_features(batch)
     assert {name: f.shape for name, f in features.items()} == {"tabular": (2, 6), "image": (2, 8)}
     outputs = network(batch)
     assert outputs.shape == (2, 3)
     outputs.sum().backward()
     assert all(p.grad is not None for p in network.parameters())
-    with pytest.raises(ValueError, match="do not match"):
-        Network({"image": encoders["image"]}, fusion)
+    # Encoders and inputs must match, and the fusion must fit the number of inputs.
+    with pytest.raises(ValueError, match=r"encoders \['tabular'\] name no input of the data \(image\)"):
+        Network({"image": {}}, 3, encoders=encoders, fusion=concat)
+    with pytest.raises(ValueError, match="fusion 'concat' combines at least two inputs"):
+        Network({"image": {}}, 3, encoders={"image": encoders["image"]}, fusion=concat)
     with pytest.raises(KeyError, match="tabular"):
         network({"image": torch.randn(2, 10)})

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from conftest import cli_args
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
+from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.practices.callbacks.monitors import TrainingMonitors, layer_groups, relu_groups
 from {{ cookiecutter.package_name }}.practices.callbacks.overfit import OverfitCheck
 from {{ cookiecutter.package_name }}.practices.callbacks.prediction_writer import CSVPredictionWriter
-from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.tasks import build_task
 
 
@@ -35,12 +35,16 @@ class InjectNaN(pl.Callback):
         self.epoch = epoch
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        def poison(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+        # The steps call the network's halves (forward_features, forward_head), not its forward: poison the head.
+        forward_head = pl_module.network.forward_head
+
+        def poisoned(features: Any) -> torch.Tensor:
+            output = forward_head(features)
             if trainer.training and trainer.current_epoch == self.epoch:
                 return output * float("nan")
-            return None
+            return output
 
-        pl_module.network.register_forward_hook(poison)
+        pl_module.network.forward_head = poisoned
 
 
 class TinyClassifier(pl.LightningModule):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 
-from conftest import TINY_BACKBONE, cli_args, project_datamodule, project_model
+from conftest import SEGMENTATION, TINY_BACKBONE, cli_args, default_config, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.data.image import ImageDataConfig
 from {{ cookiecutter.package_name }}.errors import PretrainedWeightsError
 from {{ cookiecutter.package_name }}.models.encoders import image as image_encoder
 from {{ cookiecutter.package_name }}.models.encoders.image import BACKBONE_PREFIXES, ImageEncoder
@@ -60,6 +62,17 @@ def test_hub_probe_gives_up_quickly_on_an_unreachable_host() -> None:
     assert image_encoder.hub_reachable("192.0.2.1", timeout=0.5) is False
 
 
+def image_encoder_args(**options: object) -> dict:
+    """`project_model` network args that set these options of the tiny image backbone (segmentation networks take
+    them directly; the other networks through their image encoder, in a dict replaced whole)."""
+    options = {"backbone": TINY_BACKBONE, **options}
+    if SEGMENTATION:
+        return options
+    encoders = default_config("model")["init_args"]["network"]["init_args"]["encoders"]
+    encoders["image"].update(options)
+    return {"encoders": encoders}
+
+
 def test_a_checkpoint_of_this_project_pretrains_the_next_run(tiny_data: Path, tmp_path: Path) -> None:
     """Transfer from an earlier fit: its backbone loads through pretrained_file, the head starts fresh and is sized
     for the new run's outputs."""
@@ -73,7 +86,7 @@ def test_a_checkpoint_of_this_project_pretrains_the_next_run(tiny_data: Path, tm
     names = list(data.class_names)
     if TASK_TYPE in ("multiclass", "multilabel", "segmentation"):
         names.append("new_class")  # the new run predicts one class more than the checkpoint did
-    model = project_model(data, class_names=names, pretrained=True, pretrained_file=checkpoint)
+    model = project_model(data, image_encoder_args(pretrained=True, pretrained_file=checkpoint), class_names=names)
     state = model.state_dict()
 
     backbone = {key: value for key, value in saved.items() if key.startswith(prefix)}
@@ -93,7 +106,16 @@ def test_a_checkpoint_without_an_image_backbone_is_named(tmp_path: Path) -> None
 
 
 def test_an_image_size_far_from_the_pretrained_one_is_warned_about() -> None:
-    assert image_encoder.input_size_mismatch("resnet18", None) is None  # null: the pretrained size itself
-    assert image_encoder.input_size_mismatch("resnet18", 160) is None
-    warning = image_encoder.input_size_mismatch("resnet18", 32)
-    assert warning and "224 px" in warning and "data.image_size=32" in warning
+    def size_warnings(image_size: int | None, pretrained: bool = True) -> list[str]:
+        config = ImageEncoder.data_config("resnet18", pretrained=pretrained)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = ImageDataConfig.for_encoder(config, image_size)
+        assert data.image_size == (image_size or 224)
+        return [str(warning.message) for warning in caught]
+
+    assert size_warnings(None) == []  # null: the pretrained size itself
+    assert size_warnings(160) == []
+    (warning,) = size_warnings(32)
+    assert "224 px" in warning and "data.image_size=32" in warning
+    assert size_warnings(32, pretrained=False) == []  # weights learned from scratch have no size to keep to

@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from conftest import CONFIGS, cli_args, project_datamodule
-from {{ cookiecutter.package_name }} import lr_finder
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.errors import DataError
+from {{ cookiecutter.package_name }}.practices import lr_finder
 
 FEW_BATCHES = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "1"]
 
@@ -61,7 +61,10 @@ def test_lr_find_plots_suggests_and_leaves_the_weights_unchanged(
     assert len(result["lr"]) == 12 and result["lr"] == sorted(result["lr"])
     # Within the sweep, or a tenth of its start when the loss never fell (a tiny model on 12 noisy steps can).
     assert math.isfinite(result["suggestion"]) and 1e-6 <= result["suggestion"] <= 1.0
-    assert result["flag"] == f"--model.lr {result['suggestion']:.3g}" and result["flag"] in capsys.readouterr().out
+    assert (
+        result["flag"] == f"--model.optimizer.lr {result['suggestion']:.3g}"
+        and result["flag"] in capsys.readouterr().out
+    )
     with Image.open(cli.run_dir / lr_finder.PLOT_FILE) as plot:
         assert plot.size == (640, 420)
     after = cli.model.state_dict()
@@ -107,21 +110,21 @@ def test_seed_null_or_true_gives_a_new_recorded_seed_each_run(tiny_data: Path, t
 def test_cv_folds_are_disjoint_cover_the_non_test_data_and_repeat(tiny_data: Path) -> None:
     plain = project_datamodule(tiny_data)
     non_test = {row.id for split in ("train", "val") for row in plain.splits[split]}
-    folds = [project_datamodule(tiny_data, num_folds=3, fold=k) for k in range(3)]
+    folds = [project_datamodule(tiny_data, splits={"num_folds": 3, "fold": k}) for k in range(3)]
     vals = [[row.id for row in data.splits["val"]] for data in folds]
     assert sum(map(len, vals)) == len(non_test) and set().union(*vals) == non_test  # disjoint, covering
     for data, val in zip(folds, vals, strict=True):
         assert {row.id for row in data.splits["train"]} == non_test - set(val)
         assert data.splits["test"] == plain.splits["test"]  # the test split is never part of a fold
-    assert [row.id for row in project_datamodule(tiny_data, num_folds=3, fold=1).splits["val"]] == vals[1]
+    assert [row.id for row in project_datamodule(tiny_data, splits={"num_folds": 3, "fold": 1}).splits["val"]] == vals[1]
     labels = plain.labels("train")
     if labels is not None:  # multiclass / binary: every fold keeps the class proportions (to one sample)
         overall = Counter(labels + plain.labels("val"))
         for data in folds:
             counts = Counter(data.labels("val"))
             assert all(abs(counts[c] - n / 3) <= 1 for c, n in overall.items())
-    with pytest.raises(DataError, match="data.fold"):
-        project_datamodule(tiny_data, num_folds=3, fold=3)
+    with pytest.raises(DataError, match="data.splits.fold"):
+        project_datamodule(tiny_data, splits={"num_folds": 3, "fold": 3})
 
 
 def test_cv_trains_one_model_per_fold_and_reports_their_mean(tiny_data: Path, tmp_path: Path) -> None:

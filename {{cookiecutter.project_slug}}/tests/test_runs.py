@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pytorch_lightning.callbacks import RichProgressBar
 
-from {{ cookiecutter.package_name }} import runs
-from {{ cookiecutter.package_name }}.practices.callbacks.progress import PlainProgressBar, progress_bar_for
 from {{ cookiecutter.package_name }}.errors import ProjectError
+from {{ cookiecutter.package_name }}.practices import runs
+from {{ cookiecutter.package_name }}.practices.callbacks.progress import PlainProgressBar, progress_bar_for
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:

@@ -13,8 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from conftest import TINY_BACKBONE, cli_args, project_datamodule
-from {{ cookiecutter.package_name }}.answers import FUSION, MODALITIES, TASK_TYPE
+from conftest import cli_args, project_datamodule, project_model
+from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.data.table import Row
+from {{ cookiecutter.package_name }}.module import Model
 from {{ cookiecutter.package_name }}.practices.callbacks.sanity import (
     GRID_FILE,
     chance_for_batch,
@@ -27,9 +30,6 @@ from {{ cookiecutter.package_name }}.practices.callbacks.sanity import (
     init_loss,
     mask_overlay,
 )
-from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.data.table import Row
-from {{ cookiecutter.package_name }}.module import Model
 
 ONE_STEP = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]
 CLASSIFICATION = TASK_TYPE in ("multiclass", "binary")
@@ -248,15 +248,7 @@ def test_grid_captions_and_mask_overlay_for_every_target_kind() -> None:
 
 def tiny_model_and_batch(tiny_data: Path) -> tuple[Model, dict]:
     datamodule = project_datamodule(tiny_data)
-    model = Model(
-        task=TASK_TYPE,
-        class_names=datamodule.class_names,
-        target_stats=datamodule.target_stats,
-        inputs=datamodule.input_specs,
-        backbone=TINY_BACKBONE,
-        pretrained=False,
-        fusion=FUSION,
-    )
+    model = project_model(datamodule)  # the configured task and network, with the tiny backbone
     dataset = datamodule.dataset("train", train=False)
     return model, default_collate([dataset[i] for i in range(8)])
 

@@ -24,6 +24,8 @@ from pytorch_lightning.callbacks import EarlyStopping
 
 from conftest import MONITOR, cli_args
 from {{ cookiecutter.package_name }}.answers import TASK_TYPE
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.errors import ProjectError
 from {{ cookiecutter.package_name }}.practices.callbacks import satisficing
 from {{ cookiecutter.package_name }}.practices.callbacks.satisficing import (
     INFEASIBLE_OFFSET,
@@ -37,8 +39,6 @@ from {{ cookiecutter.package_name }}.practices.callbacks.satisficing import (
     measure,
     violations,
 )
-from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.errors import ProjectError
 from {{ cookiecutter.package_name }}.tasks import build_task
 
 # "2", not "1": under pytest jsonargparse reads "1" as the float 1.0, which Lightning takes as 100% of the batches.

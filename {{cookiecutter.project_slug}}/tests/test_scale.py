@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import CLASSES, CONFIGS, MODE, MONITOR, cli_args, toy_sizes
-from {{ cookiecutter.package_name }}.practices.checkpoint_io import AtomicCheckpointIO
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data.toy import write_toy_dataset
+from {{ cookiecutter.package_name }}.practices.checkpoint_io import AtomicCheckpointIO
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 DDP_ON_CPU = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
@@ -126,7 +126,7 @@ def test_ddp_on_two_processes_validates_exactly_like_one(ddp_data: Path, tmp_pat
 @pytest.mark.slow
 def test_ddp_on_two_processes_trains_like_one(ddp_data: Path, tmp_path: Path) -> None:
     """Same data, seed, epochs and global batch (2 x 8 vs 16): the validation metric agrees within a tolerance."""
-    common = ["--trainer.max_epochs", "8", "--data.augment", "false", "--model.lr", "3e-3"]
+    common = ["--trainer.max_epochs", "8", "--data.image.augment", "false", "--model.optimizer.lr", "3e-3"]
     single = main(cli_args("fit", ddp_data, tmp_path / "one", *common, "--data.batch_size", "16"))
     one = float(single.trainer.callback_metrics[f"val/{MONITOR}"])
 

@@ -1,5 +1,5 @@
-"""LR schedules (schedules.py): the shape of every curve, step by step, with two parameter groups whose LR ratio
-must hold throughout; and real fits, with gradient accumulation, whose optimizer steps follow the same curve."""
+"""LR schedules (practices/schedules.py): the shape of every curve, step by step, with two parameter groups whose LR
+ratio must hold throughout; and real fits, with gradient accumulation, whose optimizer steps follow the same curve."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from {{ cookiecutter.package_name }}.practices.schedules import Schedule, restar
 LR, RATIO = 1.0, 0.1  # two groups: a head at LR and a backbone stage at LR * RATIO
 
 
-def curve(schedule: Schedule, total: int, per_epoch: int | None = None) -> tuple[list[float], list[float]]:
+def curve(
+    schedule: Schedule, total: int, per_epoch: int | None = None, optimizer_class: type = torch.optim.AdamW, **options
+) -> tuple[list[float], list[float]]:
     """The LR each of `total` optimizer steps uses, for the head group, and the other group's ratio to it."""
     head, other = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([{"params": [head], "lr": LR}, {"params": [other], "lr": LR * RATIO}])
+    groups = [{"params": [head], "lr": LR}, {"params": [other], "lr": LR * RATIO}]
+    optimizer = optimizer_class(groups, lr=LR, **options)
     scheduler = schedule.build(optimizer, total, per_epoch)
     lrs, ratios = [], []
     for _ in range(total):
@@ -62,6 +65,35 @@ def test_onecycle_rises_from_lr_over_25_to_lr_and_falls_to_the_floor() -> None:
     assert_ratio_kept(ratios)
 
 
+def test_onecycle_cycles_momentum_only_where_the_optimizer_has_one() -> None:
+    # SGD without momentum has nothing to cycle (OneCycleLR would fail on it); SGD's momentum and Adam's beta1
+    # cycle against the LR: lowest at the peak LR.
+    for optimizer_class, options, momentum, cycles in [
+        (torch.optim.SGD, {}, lambda group: group["momentum"], False),
+        (torch.optim.SGD, {"momentum": 0.9}, lambda group: group["momentum"], True),
+        (torch.optim.AdamW, {}, lambda group: group["betas"][0], True),
+    ]:
+        onecycle = Schedule("onecycle", warmup_fraction=0.3, min_lr_ratio=0.001)
+        lrs, ratios = curve(onecycle, 100, None, optimizer_class, **options)
+        assert lrs[0] == pytest.approx(LR / 25) and max(lrs) == pytest.approx(LR), optimizer_class
+        assert lrs[-1] == pytest.approx(0.001 * LR)
+        assert_ratio_kept(ratios)
+        optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(1))], lr=LR, **options)
+        scheduler = onecycle.build(optimizer, 100, None)
+        start = momentum(optimizer.param_groups[0])
+        for _ in range(29):  # to the peak LR
+            optimizer.step()
+            scheduler.step()
+        assert (momentum(optimizer.param_groups[0]) < start) == cycles, (optimizer_class, options)
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "sgdr", "step", "constant"])
+def test_every_schedule_runs_with_sgd_without_momentum(name: str) -> None:
+    lrs, ratios = curve(Schedule(name, restart_epochs=1, step_epochs=1), 20, 5, torch.optim.SGD)
+    assert max(lrs) == pytest.approx(LR) and min(lrs) > 0
+    assert_ratio_kept(ratios)
+
+
 def test_sgdr_restarts_at_the_cycle_ends_it_reports() -> None:
     per_epoch, epochs = 5, 14
     sgdr = Schedule("sgdr", warmup_fraction=0.0, restart_epochs=2, restart_mult=2)
@@ -93,11 +125,14 @@ def test_constant_with_warmup_in_epochs() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "linear"}, "model.schedule='linear' is not one of cosine, onecycle"),
-        ({"warmup_steps": 5, "warmup_epochs": 1.0}, "model.warmup_steps and model.warmup_epochs"),
-        ({"warmup_fraction": 1.5}, "model.warmup_fraction"),
-        ({"name": "sgdr", "restart_epochs": 0}, "model.restart_epochs"),
-        ({"name": "step", "step_gamma": 2.0}, "model.step_gamma"),
+        ({"name": "linear"}, "model.lr_scheduler.name='linear' is not one of cosine, onecycle"),
+        (
+            {"warmup_steps": 5, "warmup_epochs": 1.0},
+            "model.lr_scheduler.warmup_steps and model.lr_scheduler.warmup_epochs",
+        ),
+        ({"warmup_fraction": 1.5}, "model.lr_scheduler.warmup_fraction"),
+        ({"name": "sgdr", "restart_epochs": 0}, "model.lr_scheduler.restart_epochs"),
+        ({"name": "step", "step_gamma": 2.0}, "model.lr_scheduler.step_gamma"),
     ],
 )
 def test_bad_schedule_values_fail_with_one_line_naming_the_key(kwargs: dict, message: str) -> None:
@@ -126,10 +161,14 @@ QUIET = ["--trainer.logger", "false", "--trainer.callbacks", "[]"]
 QUIET += ["--checkpoint.monitor", f"val/{MONITOR}", "--checkpoint.mode", MODE]
 ACCUMULATE_2 = ["--trainer.accumulate_grad_batches", "2"]
 RECORD = "--trainer.callbacks+=" + json.dumps({"class_path": f"{__name__}.StepLRs"})
+PEAK = 0.01  # the configured optimizer's lr: the head's peak LR
 
 
 def fit_lrs(data: Path, runs: Path, *extra: str) -> tuple[list[dict[str, float]], pl.LightningModule]:
-    cli = main(cli_args("fit", data, runs, "--trainer.limit_val_batches", "1", *QUIET, RECORD, *extra, logger=None))
+    peak = ["--model.optimizer.lr", str(PEAK)]
+    cli = main(
+        cli_args("fit", data, runs, "--trainer.limit_val_batches", "1", *QUIET, RECORD, *peak, *extra, logger=None)
+    )
     (recorder,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "StepLRs"]
     return recorder.lrs, cli.model
 
@@ -137,10 +176,12 @@ def fit_lrs(data: Path, runs: Path, *extra: str) -> tuple[list[dict[str, float]]
 def test_sgdr_fit_with_gradient_accumulation_restarts_at_epoch_boundaries(tiny_data: Path, tmp_path: Path) -> None:
     # 4 batches / accumulate 2 = 2 optimizer steps per epoch; cycles of 1 then 2 epochs end after epochs 1 and 3.
     extra = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4", *ACCUMULATE_2]
-    schedule = ["--model.schedule", "sgdr", "--model.restart_epochs", "1", "--model.restart_mult", "2"]
-    lrs, model = fit_lrs(tiny_data, tmp_path / "runs", *extra, *schedule, "--model.warmup_fraction", "0")
+    schedule = ["--model.lr_scheduler.name", "sgdr", "--model.lr_scheduler.restart_epochs", "1"]
+    schedule += ["--model.lr_scheduler.restart_mult", "2", "--model.lr_scheduler.warmup_fraction", "0"]
+    lrs, model = fit_lrs(tiny_data, tmp_path / "runs", *extra, *schedule)
     head = [step["head"] for step in lrs]
-    peak, floor = model.hparams.lr, model.hparams.lr * model.hparams.min_lr_ratio
+    assert model.lr_schedule.name == "sgdr"
+    peak, floor = PEAK, PEAK * model.lr_schedule.min_lr_ratio
     assert head == pytest.approx([model.lr_schedule.factor(step, 6, 2) * peak for step in range(6)])
     assert head[0] == head[2] == pytest.approx(peak)  # a restart at the first step of epoch 1
     assert head[1] == head[5] == pytest.approx(floor)  # the cycles' last steps
@@ -156,9 +197,9 @@ def test_onecycle_fit_counts_the_steps_of_a_last_partial_accumulation(tiny_data:
     # 3 batches / accumulate 2: the optimizer also steps on the epoch's last, partial accumulation -> 2 steps per
     # epoch. OneCycleLR raises if it is stepped more often than the total it was built for.
     extra = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", *ACCUMULATE_2]
-    lrs, model = fit_lrs(tiny_data, tmp_path / "runs", *extra, "--model.schedule", "onecycle")
+    lrs, model = fit_lrs(tiny_data, tmp_path / "runs", *extra, "--model.lr_scheduler.name", "onecycle")
     head = [step["head"] for step in lrs]
     assert len(head) == 4
-    assert head[0] == pytest.approx(model.hparams.lr / 25)
-    assert max(head) == pytest.approx(model.hparams.lr)
-    assert head[-1] == pytest.approx(model.hparams.lr * model.hparams.min_lr_ratio)
+    assert head[0] == pytest.approx(PEAK / 25)
+    assert max(head) == pytest.approx(PEAK)
+    assert head[-1] == pytest.approx(PEAK * model.lr_schedule.min_lr_ratio)

@@ -12,10 +12,13 @@ import torch
 
 from conftest import TINY_BACKBONE
 from {{ cookiecutter.package_name }}.errors import DataError, PretrainedWeightsError
+from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
 from {{ cookiecutter.package_name }}.models.segmentation import SegmentationNetwork
 from {{ cookiecutter.package_name }}.tasks.segmentation import SegmentationTask
 
 CLASSES = ["background", "square", "disc"]
+# The network's inputs as the data describes them: the Model builds it as `network(inputs, num_outputs)`.
+INPUTS = {"image": {"image_size": 32}}
 
 
 @pytest.fixture(autouse=True)
@@ -43,16 +46,32 @@ def square_batch(size: int = 32) -> dict[str, torch.Tensor]:
     [(TINY_BACKBONE, 32), (TINY_BACKBONE, 40), (TINY_BACKBONE, 37), ("test_convnext", 40), ("test_efficientnet", 37)],
 )
 def test_network_output_matches_the_input_size(backbone: str, size: int) -> None:
-    network = SegmentationNetwork(backbone, num_classes=3).eval()
+    network = SegmentationNetwork(INPUTS, 3, backbone=backbone).eval()
     with torch.no_grad():
         out = network({"image": torch.randn(2, 3, size, size + 3)})
     assert out.shape == (2, 3, size, size + 3)
 
 
+def test_network_reads_images_only_and_takes_its_data_config_from_the_backbone() -> None:
+    with pytest.raises(ValueError, match="SegmentationNetwork reads images only; the data's inputs are image, tabular"):
+        SegmentationNetwork({"image": {}, "tabular": {}}, 2, backbone=TINY_BACKBONE)
+    config = SegmentationNetwork.data_config(backbone=TINY_BACKBONE, pretrained=True, decoder_dim=32)
+    assert config == ImageEncoder.data_config(TINY_BACKBONE, pretrained=True)
+
+
+def test_features_are_the_pyramid_and_the_head_upsamples_them() -> None:
+    network = SegmentationNetwork(INPUTS, 3, backbone=TINY_BACKBONE).eval()
+    batch = {"image": torch.randn(2, 3, 40, 44)}
+    with torch.no_grad():
+        features = network.forward_features(batch)
+        assert features["size"] == (40, 44) and len(features["image"]) == len(network.backbone.feature_info)
+        torch.testing.assert_close(network.forward_head(features), network(batch), rtol=0, atol=0)
+
+
 def test_initial_loss_is_near_chance() -> None:
     torch.manual_seed(0)
     task = SegmentationTask(CLASSES)
-    network = SegmentationNetwork(TINY_BACKBONE, num_classes=task.num_outputs)
+    network = SegmentationNetwork(INPUTS, task.num_outputs, backbone=TINY_BACKBONE)
     batch = square_batch()
     with torch.no_grad():
         loss = float(task.loss(network(batch), batch["target"]))
@@ -117,7 +136,7 @@ def test_out_of_range_mask_values_are_a_data_error() -> None:
 def test_overfits_one_batch() -> None:
     torch.manual_seed(0)
     task = SegmentationTask(CLASSES[:2])
-    network = SegmentationNetwork(TINY_BACKBONE, num_classes=2)
+    network = SegmentationNetwork(INPUTS, 2, backbone=TINY_BACKBONE)
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
     batch = square_batch()
     for _ in range(60):
@@ -138,9 +157,9 @@ def test_pretrained_file_loads_the_feature_pyramid(tmp_path: Path) -> None:
     source = timm.create_model(TINY_BACKBONE, num_classes=1000)  # the shape of a hub checkpoint
     weights = tmp_path / "weights.pth"
     torch.save(source.state_dict(), weights)
-    network = SegmentationNetwork(TINY_BACKBONE, num_classes=2, pretrained_file=str(weights))
+    network = SegmentationNetwork(INPUTS, 2, backbone=TINY_BACKBONE, pretrained_file=str(weights))
     loaded = network.backbone.state_dict()
     assert loaded.keys() <= source.state_dict().keys()
     assert all(torch.equal(loaded[k], source.state_dict()[k]) for k in loaded)
     with pytest.raises(PretrainedWeightsError, match="pretrained_file"):
-        SegmentationNetwork(TINY_BACKBONE, num_classes=2, pretrained_file=str(tmp_path / "nope.pth"))
+        SegmentationNetwork(INPUTS, 2, backbone=TINY_BACKBONE, pretrained_file=str(tmp_path / "nope.pth"))

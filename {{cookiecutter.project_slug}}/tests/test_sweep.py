@@ -32,9 +32,15 @@ def tiny_run(data: Path, runs: Path) -> list[str]:
     return ["--config", "configs/toy.yaml", *tiny_run_args(data, runs), "--trainer.max_epochs", "1", *few_batches]
 
 
-def section_value(config: dict, key: str) -> object:
-    section, name = key.split(".", 1)
-    return config[section][name]
+def config_value(config: dict, key: str) -> object:
+    """The value of a command-line key (model.optimizer.lr) in a printed or saved config, where the arguments of a
+    configured class sit under its init_args (model: init_args: optimizer: init_args: lr)."""
+    value = config
+    for part in key.split("."):
+        if part not in value and "init_args" in value:
+            value = value["init_args"]
+        value = value[part]
+    return value
 
 
 def expected(value: object) -> object:
@@ -45,13 +51,13 @@ def expected(value: object) -> object:
 def test_sweep_optimizes_the_tasks_metric_with_fit(name: str) -> None:
     sweep = load_sweep(CONFIGS / name)
     assert sweep["metric"] == {"name": f"val/{MONITOR}", "goal": "maximize" if MODE == "max" else "minimize"}
-    command = trial_command(sweep, {"model.lr": 0.001})
+    command = trial_command(sweep, {"model.optimizer.lr": 0.001})
     # W&B logs the metric the agent reads, whatever this project's default logger; the trial's values come last
     # so they win over every config file.
     assert fit_arguments(command)[:5] == [
         "fit", "--config", "configs/default.yaml", "--config", "configs/logger/wandb.yaml"
     ]  # fmt: skip
-    assert command[-1] == "--model.lr=0.001"
+    assert command[-1] == "--model.optimizer.lr=0.001"
 
 
 @pytest.mark.parametrize("name", SWEEP_FILES)
@@ -67,9 +73,9 @@ def test_every_sweep_parameter_is_a_fit_argument(
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     for key, value in values.items():
-        assert section_value(printed, key) == expected(value), key
+        assert config_value(printed, key) == expected(value), key
     # Values the parser takes as plain strings or ints, checked for meaning.
-    schedules = sweep["parameters"]["model.schedule"]
+    schedules = sweep["parameters"]["model.lr_scheduler.name"]
     assert set(schedules.get("values", [schedules.get("value")])) <= set(SCHEDULES)
     batch_sizes = sweep["parameters"]["data.batch_size"]["values"]
     assert all(size > 0 and size & (size - 1) == 0 for size in batch_sizes), batch_sizes
@@ -91,8 +97,9 @@ def test_one_trial_trains_with_its_values_and_logs_the_sweep_metric(
     assert sweep["metric"]["name"] in cli.trainer.callback_metrics
     saved = yaml.safe_load((cli.run_dir / "config.yaml").read_text(encoding="utf-8"))
     for key, value in values.items():
-        assert section_value(saved, key) == expected(value), key
-    assert cli.model.hparams.lr == values["model.lr"]
+        assert config_value(saved, key) == expected(value), key
+    assert cli.model.hparams.optimizer["init_args"]["lr"] == values["model.optimizer.lr"]
+    assert cli.model.lr_schedule.name == values["model.lr_scheduler.name"]
     assert cli.datamodule.hparams.batch_size == values["data.batch_size"]
 
 
@@ -103,7 +110,7 @@ def test_dry_run_prints_a_trial_and_a_real_sweep_refuses_offline(
     main(["sweep", "--dry-run", "--file", "configs/sweep_bayes.yaml"])
     printed = capsys.readouterr().out.split()
     assert printed[:5] == ["/usr/bin/env", "python", "-m", PACKAGE, "fit"]
-    assert "--model.schedule=cosine" in printed
+    assert "--model.lr_scheduler.name=cosine" in printed
     with pytest.raises(SystemExit, match="error: WANDB_MODE=offline: sweeps need the W&B server"):
         main(["sweep"])  # the tests' W&B is offline (conftest): nothing is created, nothing prompts
 
@@ -113,7 +120,12 @@ def test_macros_expand_as_the_wandb_agent_expands_them(monkeypatch: pytest.Monke
         from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
     except ImportError:
         pytest.skip("wandb.sdk.launch.sweeps.utils.create_sweep_command_args is gone from this wandb")
-    values = {"model.lr": 1e-05, "data.batch_size": 32, "model.schedule": "sgdr", "model.compile": False}
+    values = {
+        "model.optimizer.lr": 1e-05,
+        "data.batch_size": 32,
+        "model.lr_scheduler.name": "sgdr",
+        "model.compile": False,
+    }
     wandb_args = create_sweep_command_args({"args": {key: {"value": value} for key, value in values.items()}})
     monkeypatch.setenv("SWEEP_TEST_VAR", "from-env")
     sweep = {

@@ -1,4 +1,5 @@
-"""The task objects on their own: construction, loss at initialization, metrics, error and prediction rows.
+"""The task objects on their own: construction, loss at initialization, metrics, error, prediction rows, and what
+they tell the machinery (baseline constants, how an example's error reads).
 
 The project keeps only the task module(s) it was rendered for, so tasks whose module is missing are skipped.
 """
@@ -11,7 +12,7 @@ import math
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.tasks import build_task
+from {{ cookiecutter.package_name }}.tasks import Task, build_task, load_task_class
 
 NAMES = {
     "multiclass": ["cat", "dog", "bird"],
@@ -20,8 +21,13 @@ NAMES = {
     "regression": ["price", "age"],
 }
 STATS = {"mean": [10.0, -5.0], "std": [2.0, 0.5]}
-# Every task's options at once, as the model passes them: each task must take only its own.
-ALL_OPTIONS = {"label_smoothing": 0.0, "pos_weight": 1.0, "loss": "mse", "target_stats": STATS, "dice_weight": 1.0}
+# Each task's own options (the config's model.init_args.task.init_args); another task's are refused.
+OPTIONS = {
+    "multiclass": {"label_smoothing": 0.1},
+    "binary": {"pos_weight": 2.0},
+    "multilabel": {},
+    "regression": {"loss": "huber"},
+}
 BEST = {
     "multiclass": {"acc": 1.0, "f1": 1.0},
     "binary": {"acc": 1.0, "auroc": 1.0, "f1": 1.0},
@@ -65,11 +71,16 @@ def perfect(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", TASKS)
 def test_build_task_takes_its_own_options(name: str) -> None:
-    task = build_task(name, NAMES[name], **ALL_OPTIONS)
-    assert task.class_names == NAMES[name]
+    task = build_task(name, NAMES[name], target_stats=STATS, **OPTIONS[name])
+    assert task.class_names == NAMES[name] and task.name == name and load_task_class(name) is type(task)
     assert task.num_outputs == (1 if name == "binary" else len(NAMES[name]))
     assert task.mode in ("min", "max") and task.monitor in BEST[name]
     assert set(task.metrics().keys()) == set(BEST[name])
+    with pytest.raises(TypeError):
+        build_task(name, NAMES[name], dice_weight=1.0)  # segmentation's option
+    # Unbound (as the config builds it), then sized by the data, as the Model does.
+    unbound = load_task_class(name)(**OPTIONS[name])
+    assert unbound.num_outputs == 0 and unbound.bind(NAMES[name], STATS).class_names == NAMES[name]
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -170,3 +181,42 @@ BAD_ARGS = [
 def test_bad_construction_raises(name: str, names: list[str], options: dict) -> None:
     with pytest.raises(ValueError):
         build_task(name, names, **options)
+
+
+# The best constant outputs for these train targets, as the majority baseline predicts them.
+CONSTANTS = {
+    "multiclass": (torch.tensor([0, 2, 2, 2]), [math.log(0.25), math.log(1e-8), math.log(0.75)]),
+    "binary": (torch.tensor([1.0, 1.0, 0.0, 1.0]), [math.log(3)]),
+    "multilabel": (torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]),
+                   [math.log(3), -math.log(3), 0.0]),
+    "regression": (torch.tensor([[1.0, -2.0], [-1.0, 4.0]]), [0.0, 1.0]),
+}  # fmt: skip
+MAJORITY = {"multiclass": "bird", "binary": "sick", "multilabel": None, "regression": None}
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_the_majority_baseline_is_the_best_constant(name: str) -> None:
+    task = build_task(name, NAMES[name], target_stats=STATS)
+    targets, expected = CONSTANTS[name]
+    constant = task.constant_outputs(targets)
+    assert constant.tolist() == pytest.approx(expected, abs=1e-5)
+    assert task.majority_class(constant) == MAJORITY[name]
+    assert task.describe_constant(constant) != Task.describe_constant(task, constant)  # the task's own words
+
+
+# One sample's raw output and target, and how its error reads (regression: in target units, STATS).
+EXAMPLES = {
+    "multiclass": (torch.tensor([0.0, 3.0, 0.0]), torch.tensor(1), {"true": "dog", "predicted": "dog"}),
+    "binary": (torch.tensor([2.0]), torch.tensor(0.0), {"true": "healthy", "predicted": "sick", "confidence": 0.8808}),
+    "multilabel": (torch.tensor([1.0, -1.0, 1.0]), torch.tensor([1.0, 1.0, 0.0]),
+                   {"true": "red, green", "predicted": "red, blue"}),
+    "regression": (torch.tensor([0.0, 0.0]), torch.tensor([1.0, -2.0]), {"true": "12, -6", "predicted": "10, -5"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_an_example_error_in_words(name: str) -> None:
+    task = build_task(name, NAMES[name], target_stats=STATS)
+    output, target, expected = EXAMPLES[name]
+    assert expected.items() <= task.describe_example(output, target).items()
+    assert task.error_meaning != Task.error_meaning and task.look_at != Task.look_at and task.output_meaning

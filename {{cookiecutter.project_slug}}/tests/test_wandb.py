@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }} import cli as cli_module
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 
+PACKAGE = "{{ cookiecutter.package_name }}"
 ONE_EPOCH = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
 
 
@@ -40,7 +41,11 @@ def test_wandb_run_holds_config_provenance_and_media(
     assert config["provenance"]["template_version"] == __template_version__
     assert config["provenance"]["data_fingerprint"] == cli.datamodule.fingerprint
     assert config["trainer"]["max_epochs"] == 1 and config["seed_everything"] == cli.config.fit.seed_everything
-    assert config["lr"] == cli.model.hparams.lr  # the model's hyperparameters, logged by Lightning
+    # The model's hyperparameters, logged by Lightning: each part as configured (class path and init args).
+    optimizer = cli.model.hparams.optimizer
+    assert config["optimizer"]["class_path"] == optimizer["class_path"] == "torch.optim.AdamW"
+    assert config["optimizer"]["init_args"]["lr"] == optimizer["init_args"]["lr"]
+    assert config["network"]["class_path"] == cli.model.hparams.network["class_path"]
     assert cli.trainer.logger.experiment.name == cli.run_dir.name  # the run folder's readable name
     # The optimizing metric's summary is its best value (what the runs table and sweeps rank by), not its last.
     (summary,) = summaries
@@ -61,7 +66,9 @@ def test_csv_logger_keeps_the_same_config(tiny_data: Path, tmp_path: Path) -> No
     cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *ONE_EPOCH, logger="csv"))
     hparams = yaml.safe_load(Path(cli.trainer.logger.log_dir, "hparams.yaml").read_text())
     assert hparams["provenance"]["data_fingerprint"] == cli.datamodule.fingerprint
-    assert hparams["trainer"]["max_epochs"] == 1 and hparams["lr"] == cli.model.hparams.lr
+    assert hparams["trainer"]["max_epochs"] == 1
+    assert hparams["optimizer"]["init_args"]["lr"] == cli.model.hparams.optimizer["init_args"]["lr"]
+    assert hparams["task"] == cli.model.hparams.task and hparams["task"]["class_path"].startswith(f"{PACKAGE}.tasks.")
 
 
 def test_log_model_uploads_the_checkpoints_as_artifacts(

@@ -12,11 +12,12 @@
     python -m PACKAGE cv       --folds 5   --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE sweep    --file configs/sweep.yaml [--count 20] [--dry-run]
 
-Every run gets its own folder under `runs/` (see runs.py); `--ckpt_path last|best` finds the newest one.
-`lr-find` plots loss vs learning rate and prints the `--model.lr` to use (lr_finder.py); `repeat` and `cv` run
-`fit` once per seed / fold and report mean ± std of the optimizing metric (multirun.py); `sweep` runs a W&B agent
-whose trials are `fit` commands (sweep.py); `export` writes TorchScript and ONNX files of a checkpoint and checks
-them against it (export.py).
+Every run gets its own folder under `runs/` (practices/runs.py); `--ckpt_path last|best` finds the newest one.
+`lr-find` plots loss vs learning rate and prints the `--model.optimizer.lr` to use (practices/lr_finder.py);
+`repeat` and `cv` run `fit` once per seed / fold and report mean ± std of the optimizing metric
+(practices/multirun.py); `sweep` runs a W&B agent whose trials are `fit` commands (practices/sweep.py); `export`
+writes TorchScript and ONNX files of a checkpoint and checks them against it (practices/export.py). The model is
+any LightningModule the config names (`model.class_path`): module.Model, or one of your own (contract.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import Callback, Trainer
@@ -39,17 +41,16 @@ from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCL
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
+from .data import toy
+from .data.datamodule import DataModule
+from .errors import ProjectError
 from .practices import multirun, runs, sweep
 from .practices.callbacks.checkpoint import LastEveryEpochCheckpoint
 from .practices.callbacks.ensembles import Ensembles
 from .practices.callbacks.prediction_writer import CSVPredictionWriter
 from .practices.callbacks.progress import progress_bar_for
 from .practices.checkpoint_io import AtomicCheckpointIO
-from .data import toy
-from .data.datamodule import DataModule
-from .errors import ProjectError
 from .practices.loggers import SaveAndLogConfig, finish_wandb_runs, wandb_offline_without_key
-from .module import Model
 from .practices.precision import check_strategy_available, supported_precision
 from .practices.trainer import ProjectTrainer
 
@@ -98,6 +99,8 @@ def image_data_config(network: Namespace | None) -> dict[str, Any] | None:
         return None
     init_args = network.get("init_args")
     return data_config(**(init_args.as_dict() if init_args is not None else {}))
+
+
 # Commands that are not Trainer methods: name -> main(argv). repeat and cv run `fit` (main below) several times.
 PROJECT_COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "toy-data": toy.main,
@@ -275,8 +278,10 @@ def refused_key(argv: list[str]) -> str | None:
     """The one-line error for LightningCLI's own --optimizer / --lr_scheduler, on the command line or at the top of
     a --config file; None when neither is used."""
     keys = {arg.split("=")[0][2:].split(".")[0] for arg in argv if arg.startswith("--")}
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag == "--config" and Path(value).is_file():
+    configs = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--config"]
+    configs += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    for value in configs:
+        if Path(value).is_file():
             config = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
             keys |= set(config) if isinstance(config, dict) else set()
     for key, instead in REFUSED_KEYS.items():
@@ -309,9 +314,11 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
     )
     try:
         cli = ProjectCLI(
-            Model,
+            # Any LightningModule: configs/default.yaml names module.Model, and a user's own module (a Model subclass,
+            # or any module meeting contract.ProjectModule) runs through `--model.class_path` / `model: class_path:`.
+            pl.LightningModule,
             DataModule,
-            subclass_mode_model=True,  # a user's own LightningModule runs through `--model.class_path`
+            subclass_mode_model=True,
             auto_configure_optimizers=False,  # the model's optimizer / lr_scheduler keys instead (REFUSED_KEYS)
             trainer_class=ProjectTrainer,
             trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},

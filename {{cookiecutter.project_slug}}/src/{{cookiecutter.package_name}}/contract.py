@@ -27,6 +27,10 @@ class ProjectModule(Protocol):
     inputs: the batch keys the network reads, each with its spec from the data (feature counts, vocabulary).
     forward(batch): the task's raw outputs for a batch dict, like `network(batch)`.
     Optional: `lr_schedule` (practices/schedules.Schedule), which snapshot ensembles read for the cycle ends.
+
+    Run through the CLI, the module also takes `task`, `network`, `inputs`, `class_names` and `target_stats` init
+    args (the CLI links them with the data), logs `val/<task.monitor>` (checkpointing, early stopping, satisficing)
+    and returns {"id": ..., "outputs": task.activation(...)} from `predict_step` (the prediction writer reads it).
     """
 
     task: Task

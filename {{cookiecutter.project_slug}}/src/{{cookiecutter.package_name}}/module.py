@@ -78,6 +78,7 @@ class Model(pl.LightningModule):
         self.lr_ratio, self.layer_decay = lr_ratio, layer_decay
         check_param_group_args(find_backbone(self.network) is not None, lr_ratio, layer_decay)
         self.channels_last, self.compile_network = channels_last, compile
+        self._network_parts = network_parts  # torch.compile'd by configure_model when `compile`
         self.train_metrics = self.task.metrics().clone(prefix="train/")
         self.val_metrics = self.task.metrics().clone(prefix="val/")
         self.test_metrics = self.task.metrics().clone(prefix="test/")
@@ -87,7 +88,10 @@ class Model(pl.LightningModule):
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
         if self.compile_network and not getattr(self, "_compiled", False):
-            self.network.compile()  # in place: parameter names and checkpoints are unchanged
+            self.network.compile()  # in place (forward: predict, export): parameter names and checkpoints unchanged
+            # The steps call the network's two halves, not its forward: compiled as a function of the network (not
+            # a bound method, which a deep copy of the model, e.g. a snapshot ensemble's member, would still call).
+            self._network_parts = torch.compile(network_parts)
             self._compiled = True
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -110,8 +114,7 @@ class Model(pl.LightningModule):
 
     # One loop for every stage: features -> outputs -> loss -> metrics -> log.
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        features = self.network.forward_features(self._layout(batch))
-        outputs = self.network.forward_head(features)
+        features, outputs = self._network_parts(self.network, self._layout(batch))
         loss = self.compute_loss(outputs, batch, features)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(*self.task.metric_inputs(outputs.detach(), batch["target"]))
@@ -153,6 +156,12 @@ class Model(pl.LightningModule):
         checkpoint["provenance"] = provenance(getattr(self.trainer, "datamodule", None))
         # The logger runs (W&B run id, TensorBoard/CSV version) a resumed fit continues instead of starting anew.
         checkpoint["logger_versions"] = [logger.version for logger in self.trainer.loggers]
+
+
+def network_parts(network: nn.Module, batch: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+    """(features, outputs) of a batch: what a training / validation / test step computes."""
+    features = network.forward_features(batch)
+    return features, network.forward_head(features)
 
 
 def _from_cli(module: pl.LightningModule) -> bool:

@@ -1,4 +1,4 @@
-"""Training-image augmentation presets (`data.augment`) and progressive resizing (`data.image_size_schedule`).
+"""Training-image augmentation presets (`data.image.augment`) and progressive resizing (`data.image.size_schedule`).
 
 Presets, applied to the training split only (val, test and predict always get the evaluation transform):
     none    the evaluation transform (resize + centre crop): for debugging and overfitting one batch.
@@ -47,12 +47,12 @@ RAND_AUGMENT_COLOUR_OPS = [
 
 
 def resolve_preset(augment: str | bool) -> str:
-    """The preset name of `data.augment`; true / false (the former on / off switch) mean light / none."""
+    """The preset name of `data.image.augment`; true / false (the former on / off switch) mean light / none."""
     if augment is True or augment is False:
         return "light" if augment else "none"
     if augment not in PRESETS:
         raise DataError(
-            f"data.augment={augment!r} is not an augmentation preset; choose one of {', '.join(PRESETS)} "
+            f"data.image.augment={augment!r} is not an augmentation preset; choose one of {', '.join(PRESETS)} "
             "(true / false mean light / none)"
         )
     return augment
@@ -98,14 +98,14 @@ class OnImage:
 
 
 class SizeSchedule:
-    """`data.image_size_schedule`, e.g. {0: 64, 5: 128}: the training image side from each listed epoch on.
+    """`data.image.size_schedule`, e.g. {0: 64, 5: 128}: the training image side from each listed epoch on.
 
     Progressive resizing: early epochs train faster on small images, later ones at full resolution. Batches are
     resized on the device after transfer (`DataModule.on_after_batch_transfer`), from the loader's
-    `data.image_size` crops, so the size follows `trainer.current_epoch` exactly, also when resuming. Setting it
+    `data.image.size` crops, so the size follows `trainer.current_epoch` exactly, also when resuming. Setting it
     on the dataset instead would reach some batches late: persistent workers keep the dataset they copied, and
     Lightning starts the first (or resumed) epoch's iterator, prefetching, before `on_train_epoch_start`.
-    Validation, test and predict stay at data.image_size.
+    Validation, test and predict stay at data.image.size.
     """
 
     def __init__(self, schedule: Mapping[int | str, int], image_size: int):
@@ -116,14 +116,14 @@ class SizeSchedule:
         if not steps or min(steps) < 0 or not all(0 < size <= image_size for size in steps.values()):
             example = dict([(0, image_size // 2), (5, image_size)])
             raise DataError(
-                f"data.image_size_schedule={steps or schedule!r} must map epochs (>= 0) to image sides between 1 and "
-                f"data.image_size={image_size} (the size val/test use), e.g. {example}"
+                f"data.image.size_schedule={steps or schedule!r} must map epochs (>= 0) to image sides between 1 and "
+                f"data.image.size={image_size} (the size val/test use), e.g. {example}"
             )
         self.steps = dict(sorted(steps.items()))
         self.image_size = image_size
 
     def size_at(self, epoch: int) -> int:
-        """The side at `epoch`: the latest listed epoch's size; data.image_size before the first one."""
+        """The side at `epoch`: the latest listed epoch's size; data.image.size before the first one."""
         sizes = [size for start, size in self.steps.items() if start <= epoch]
         return sizes[-1] if sizes else self.image_size
 

@@ -25,8 +25,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..answers import TASK_TYPE
 from ..errors import DataError
 from ..tasks import load_task_class
+from .options import ImageInput, SequenceInput, Splits, TabularInput, as_options
 from .table import Reader, Row, read_csv
 
 PACKAGE = __package__.split(".")[0]
@@ -120,64 +122,37 @@ class DataModule(pl.LightningDataModule):
     Args:
         root: dataset folder: train.csv (+ val.csv, test.csv), or train/ (+ val/, test/) with class folders.
         task_class: the task's class path (linked from model.init_args.task): its `target_reader` reads the
-            targets. A module name of tasks/ ("multiclass") works too.
+            targets. A module name of tasks/ works too (the default: this project's task type).
         image_config: what the network's image encoder expects (linked from model.init_args.network): input
             size, normalization, interpolation; None or {}: ImageNet statistics, and image_size must be set.
-        image_size: image side in pixels; None uses the image encoder's input size.
-        image_column: CSV column with each image's path (relative to root); None: no image input.
-        mask_column: segmentation: CSV column with each mask's path (pixel value = class index).
-        numeric_columns: tabular numeric feature columns (standardized with train statistics, missing imputed).
-        categorical_columns: tabular categorical columns (embedded; unseen values share an unknown bucket).
-        sequence_column: CSV column with a text or a whitespace-separated numeric series; None: no sequence.
-        sequence_kind: "tokens" (text) or "numeric" (time series).
-        max_length: sequence steps kept (longer ones are truncated, shorter ones padded and masked).
+        image: the image input (data/options.py ImageInput: column, mask_column, size, augment, size_schedule);
+            None: no images, unless the data is in class folders.
+        tabular: the table input (TabularInput: numeric_columns, categorical_columns); None: none.
+        sequence: the sequence input (SequenceInput: column, kind, max_length); None: none.
         target_columns: the column(s) to predict (regression: one per output).
         classes: class / label names in output order; None: sorted values seen in train (multiclass, binary).
         batch_size: samples per batch (per device).
         num_workers: data loader processes; None picks cpu_count - 1 (max 8).
-        val_fraction: share of train moved to val when there is no val split.
-        test_fraction: share of train moved to test when there is no test split.
-        split_seed: seed of those splits (fixed, so the splits never change between runs).
-        num_folds: k-fold cross-validation (the `cv` command sets it): all non-test rows (train + val) are dealt
-            into this many seeded folds, stratified for multiclass / binary; None: the usual val split.
-        fold: which fold (0 .. num_folds - 1) is the val split; the other folds train. The test split is unchanged.
-        train_dev_fraction: share of train held out as `train_dev`: same distribution as train, never trained on;
-            the diagnosis compares it with val to tell over-fitting from data mismatch.
-        augment: training-image augmentation preset: none | light | strong (data/augment.py); true / false mean
-            light / none. Val, test and predict are never augmented.
-        image_size_schedule: progressive resizing, e.g. {0: 64, 5: 128}: the training image side from each
-            listed epoch on (at most image_size, which val/test keep); None: image_size throughout.
+        splits: how val, test, train-dev and cross-validation folds are carved out (Splits).
         predict_path: what `predict` reads: a CSV with the input columns, or (image classification) a folder of
             images in any layout; None predicts the test split.
     """
 
-    size_schedule: Any = None  # progressive resizing (augment.SizeSchedule), set from image_size_schedule
+    size_schedule: Any = None  # progressive resizing (augment.SizeSchedule), set from image.size_schedule
 
     def __init__(
         self,
         root: str = "data/toy",
-        task_class: str = "multiclass",
+        task_class: str = TASK_TYPE,
         image_config: dict[str, Any] | None = None,
-        image_size: int | None = None,
-        image_column: str | None = None,
-        mask_column: str = "mask",
-        numeric_columns: list[str] | None = None,
-        categorical_columns: list[str] | None = None,
-        sequence_column: str | None = None,
-        sequence_kind: str = "tokens",
-        max_length: int = 64,
+        image: ImageInput | None = None,
+        tabular: TabularInput | None = None,
+        sequence: SequenceInput | None = None,
         target_columns: list[str] | None = None,
         classes: list[str] | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        split_seed: int = 0,
-        num_folds: int | None = None,
-        fold: int = 0,
-        train_dev_fraction: float = 0.0,
-        augment: bool | str = "light",
-        image_size_schedule: dict[int, int] | None = None,
+        splits: Splits = Splits(),  # noqa: B008 - frozen, so one shared default is safe
         predict_path: str | None = None,
     ):
         super().__init__()
@@ -188,14 +163,21 @@ class DataModule(pl.LightningDataModule):
                 f"data.root={root!r} does not exist (relative to {Path.cwd()}); "
                 f"write the toy dataset with `python -m {PACKAGE} toy-data` or point data.root at your data"
             )
-        if num_folds is not None and (num_folds < 2 or not 0 <= fold < num_folds):
+        splits = as_options(Splits, splits)
+        if splits.num_folds is not None and (splits.num_folds < 2 or not 0 <= splits.fold < splits.num_folds):
             raise DataError(
-                f"data.num_folds={num_folds}, data.fold={fold}: num_folds must be >= 2 (or null: no folds) "
-                "and fold in 0 .. num_folds - 1"
+                f"data.splits.num_folds={splits.num_folds}, data.splits.fold={splits.fold}: num_folds must be >= 2 "
+                "(or null: no folds) and fold in 0 .. num_folds - 1"
             )
+        self.split_options = splits
+        self.batch_size = batch_size
+        self.predict_path = predict_path
         self.task_class = load_task_class(task_class)
         self.target_columns = list(target_columns or ["target"])
         self.folder_layout = not (self.root / "train.csv").is_file()
+        # Class folders are images: the image group's defaults apply when the config names none.
+        self.image = as_options(ImageInput, image) or (ImageInput() if self.folder_layout else None)
+        self.tabular, self.sequence = as_options(TabularInput, tabular), as_options(SequenceInput, sequence)
         if self.folder_layout and not (self.root / "train").is_dir():
             raise DataError(f"{self.root} has neither train.csv (a manifest) nor train/ (class folders)")
         if self.folder_layout and not self.task_class.class_folder_labels:
@@ -224,38 +206,38 @@ class DataModule(pl.LightningDataModule):
     # --- readers ---------------------------------------------------------------------------------------------
     def _input_readers(self) -> dict[str, Reader]:
         # Imported here: the project keeps only the modules of its own inputs.
-        hp = self.hparams
         readers: dict[str, Reader] = {}
-        if self.folder_layout or hp.image_column:
+        if self.image is not None:
             from .image import ImageDataConfig, ImageReader
 
-            self.data_config = ImageDataConfig.for_encoder(hp.image_config, hp.image_size)
-            mask = hp.mask_column if self.task_class.reads_masks else None
-            readers["image"] = ImageReader(self.data_config, hp.image_column or "image", mask, hp.augment)
-            if hp.image_size_schedule:
+            image = self.image
+            self.data_config = ImageDataConfig.for_encoder(self.hparams.image_config, image.size)
+            mask = image.mask_column if self.task_class.reads_masks else None
+            readers["image"] = ImageReader(self.data_config, image.column, mask, image.augment)
+            if image.size_schedule:
                 from .augment import SizeSchedule
 
-                self.size_schedule = SizeSchedule(hp.image_size_schedule, self.data_config.image_size)
-        if hp.numeric_columns or hp.categorical_columns:
+                self.size_schedule = SizeSchedule(image.size_schedule, self.data_config.image_size)
+        if self.tabular is not None and self.tabular.columns:
             from .tabular import TabularReader
 
-            readers["tabular"] = TabularReader(list(hp.numeric_columns or []), list(hp.categorical_columns or []))
-        if hp.sequence_column:
+            readers["tabular"] = TabularReader(list(self.tabular.numeric_columns), list(self.tabular.categorical_columns))
+        if self.sequence is not None:
             from .sequence import SequenceReader
 
-            readers["sequence"] = SequenceReader(hp.sequence_column, hp.sequence_kind, hp.max_length)
-        if hp.image_size_schedule and "image" not in readers:
-            raise DataError("data.image_size_schedule resizes training images, but this data has no image input")
+            readers["sequence"] = SequenceReader(self.sequence.column, self.sequence.kind, self.sequence.max_length)
         if not readers:
-            raise DataError(
-                "no input configured: set data.image_column, data.numeric_columns / data.categorical_columns "
-                "or data.sequence_column"
-            )
+            raise DataError("no input configured: set data.image, data.tabular or data.sequence")
         return readers
+
+    def input_columns(self) -> list[str]:
+        """The CSV columns of the inputs other than images (table columns, then the sequence column)."""
+        columns = list(self.tabular.columns) if self.tabular is not None else []
+        return columns + ([self.sequence.column] if self.sequence is not None else [])
 
     def _target_reader(self) -> Reader | None:
         if self.task_class.reads_masks and "image" not in self.inputs:
-            raise DataError("segmentation needs images: set data.image_column (and data.mask_column)")
+            raise DataError("segmentation needs images: set data.image.column (and data.image.mask_column)")
         # None: the target is read with the input (a segmentation mask, by the image reader).
         return self.task_class.target_reader(self.target_columns, self.hparams.classes)
 
@@ -268,7 +250,7 @@ class DataModule(pl.LightningDataModule):
             return [str(name) for name in self.hparams.classes]
         from .image import load_mask
 
-        column = self.hparams.mask_column
+        column = self.image.mask_column
         largest = max(max(load_mask(row.path(column)).getextrema()) for row in self.splits["train"])
         return [f"class_{i}" for i in range(max(2, int(largest) + 1))]
 
@@ -287,12 +269,12 @@ class DataModule(pl.LightningDataModule):
         return read_csv(path, self._required_columns(), self.root) if path.is_file() else None
 
     def _required_columns(self) -> list[str]:
-        hp = self.hparams
-        columns = [hp.image_column, hp.sequence_column, *(hp.numeric_columns or []), *(hp.categorical_columns or [])]
-        columns += [hp.mask_column] if self.task_class.reads_masks else self.target_columns
+        columns = ([self.image.column] if self.image is not None else []) + self.input_columns()
+        columns += [self.image.mask_column] if self.task_class.reads_masks else self.target_columns
         return [column for column in columns if column]
 
     def _read_splits(self) -> dict[str, list[Row]]:
+        options = self.split_options
         train = self._read_split("train")
         label = self._label
         if label:
@@ -300,27 +282,28 @@ class DataModule(pl.LightningDataModule):
         splits: dict[str, list[Row]] = {}
         for name in ("test", "val"):
             rows = self._read_split(name)
-            if name == "val" and self.hparams.num_folds:
+            if name == "val" and options.num_folds:
                 # Cross-validation: one fold of all non-test rows (train and any val split) validates.
-                hp = self.hparams
-                train, rows = fold_split(train + (rows or []), hp.num_folds, hp.fold, hp.split_seed, label)
+                train, rows = fold_split(train + (rows or []), options.num_folds, options.fold, options.seed, label)
                 if not rows or not train:
-                    raise DataError(f"data.num_folds={hp.num_folds} is more than the {len(train + rows)} non-test rows")
+                    raise DataError(
+                        f"data.splits.num_folds={options.num_folds} is more than the {len(train + rows)} non-test rows"
+                    )
             elif rows is None:
-                fraction = getattr(self.hparams, f"{name}_fraction")
-                train, rows = split_off(train, fraction, self.hparams.split_seed, label)
+                fraction = getattr(options, f"{name}_fraction")
+                train, rows = split_off(train, fraction, options.seed, label)
                 if not rows:
-                    raise DataError(f"no {name} split in {self.root} and data.{name}_fraction=0: nothing to {name} on")
+                    raise DataError(
+                        f"no {name} split in {self.root} and data.splits.{name}_fraction=0: nothing to {name} on"
+                    )
             splits[name] = rows
-        if self.hparams.train_dev_fraction > 0:
-            train, splits["train_dev"] = split_off(
-                train, self.hparams.train_dev_fraction, self.hparams.split_seed, label
-            )
+        if options.train_dev_fraction > 0:
+            train, splits["train_dev"] = split_off(train, options.train_dev_fraction, options.seed, label)
         if not train:
             raise DataError(f"the train split of {self.root} is empty after carving out val/test")
         # A seeded shuffle (the same order every run): unshuffled views of train, like `overfit_batches` or the
         # sanity checks' first batch, then see every class, not just the first one.
-        random.Random(self.hparams.split_seed).shuffle(train)
+        random.Random(options.seed).shuffle(train)
         splits["train"] = train
         return splits
 
@@ -349,7 +332,7 @@ class DataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
@@ -360,7 +343,7 @@ class DataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
         # A last batch of one sample breaks BatchNorm; drop the remainder when there is more than one batch.
-        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.hparams.batch_size)
+        return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # Progressive resizing: each training batch at its epoch's size, resized on the device (data/augment.py).
@@ -375,20 +358,14 @@ class DataModule(pl.LightningDataModule):
         return self._loader(self.dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is None:
+        if self.predict_path is None:
             return self.test_dataloader()
-        return self._loader(RowDataset(self._predict_rows(Path(self.hparams.predict_path)), list(self.inputs.values())))
+        return self._loader(RowDataset(self._predict_rows(Path(self.predict_path)), list(self.inputs.values())))
 
     def _predict_rows(self, path: Path) -> list[Row]:
         """Rows to predict: a CSV with the input columns (no target needed), or a folder of images."""
         if path.is_file():
-            hp = self.hparams
-            required = [
-                hp.image_column,
-                hp.sequence_column,
-                *(hp.numeric_columns or []),
-                *(hp.categorical_columns or []),
-            ]
+            required = ([self.image.column] if self.image is not None else []) + self.input_columns()
             rows = read_csv(path, [column for column in required if column], self.root)
         elif path.is_dir() and self.folder_layout:
             from .image import list_images

@@ -1,8 +1,8 @@
 """Images on disk -> tensors: the backbone's input config, transforms, class folders and the image reader.
 
 Two layouts: class folders `<root>/<split>/<class>/<file>` (classification; a label comes from the folder its
-file sits in, so image and label are paired by construction), or a manifest CSV whose `data.image_column`
-names each image (and `data.mask_column` its segmentation mask).
+file sits in, so image and label are paired by construction), or a manifest CSV whose `data.image.column`
+names each image (and `data.image.mask_column` its segmentation mask).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy
-from pytorch_lightning.utilities import rank_zero_warn
 import torch
 from PIL import Image, UnidentifiedImageError
+from pytorch_lightning.utilities import rank_zero_warn
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -45,11 +45,11 @@ class ImageDataConfig:
         source = config.get("source", "the image encoder")
         size = image_size or config.get("image_size")
         if not size:
-            raise DataError(f"data.image_size is null and {source} names no input size: set data.image_size")
+            raise DataError(f"data.image.size is null and {source} names no input size: set data.image.size")
         trained_at = config.get("image_size")
         if config.get("pretrained") and trained_at and not trained_at / 2 < size < trained_at * 2:
             rank_zero_warn(
-                f"{source} was pretrained on {trained_at} px images but data.image_size={size}: pretrained "
+                f"{source} was pretrained on {trained_at} px images but data.image.size={size}: pretrained "
                 f"features transfer poorly that far from their scale; use an image_size near {trained_at}, or "
                 "pretrained: false"
             )

@@ -1,9 +1,9 @@
 """Write a small, learnable dataset in the same on-disk format a user brings, for every task and input.
 
-Image classification from images alone (multiclass, binary) uses class folders:
+Image classification from images alone (multiclass, binary: a task with class-folder labels) uses class folders:
     <root>/<split>/<class>/<index>.png                                  split in {train, val, test}
 Everything else writes one manifest CSV per split, <root>/<split>.csv, with the columns the data config expects
-by default (`COLUMNS`, `TARGET_COLUMNS`):
+by default (`COLUMNS`, and the task's `toy_target_columns`):
     image       images/<split>/<index>.png                               image input
     mask        masks/<split>/<index>.png: L-mode, pixel = class index    segmentation (0 = background)
     x0 .. x3    numbers: x0 informative; x1..x3 noise at other scales with ~8% empty cells each       tabular
@@ -25,6 +25,9 @@ segmentation the shape's class shifted by the other inputs' latents. A model tha
 Why a binned sum and not (sum mod C): each input's latent must move the target on its own, or gradient descent gets no
 signal to teach an encoder what to extract, and the fused model memorizes noise instead (it did, at chance on val).
 Each split has its own seeded generator: the same seed writes byte-identical files.
+
+The task draws its targets (tasks/<type>.py: `toy_classes`, `toy_description`, `toy_row`); this module draws the
+inputs that show them (`ToyRows.inputs`) and writes the files.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from itertools import product
 from pathlib import Path
 
 from ..answers import MODALITIES, TASK_TYPE
+from ..tasks import Task, load_task_class
 from .toy_shapes import CLASSES, SHAPES, draw_scene, draw_shape
 
-TASKS = ("multiclass", "binary", "multilabel", "regression", "segmentation")
 INPUTS = ("image", "tabular", "sequence")  # modality names, in column order
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"train": 800, "val": 200, "test": 200}  # samples per split (class folders: split over the classes)
@@ -51,13 +54,6 @@ MASK_COLUMN = "mask"
 NUMERIC_COLUMNS = ("x0", "x1", "x2", "x3")
 CATEGORICAL_COLUMNS = ("colour",)
 SEQUENCE_COLUMN = "sequence"
-TARGET_COLUMNS = {
-    "multiclass": ("target",),
-    "binary": ("target",),
-    "multilabel": ("target",),
-    "regression": ("target", "target_2"),
-    "segmentation": (),  # the mask column is the target
-}
 COLUMNS = {  # data config key -> the toy data's column name(s), which are the config defaults
     "image_column": IMAGE_COLUMN,
     "mask_column": MASK_COLUMN,
@@ -69,7 +65,6 @@ COLUMNS = {  # data config key -> the toy data's column name(s), which are the c
 COLOURS = ("red", "green", "blue", "yellow")
 WARM = ("red", "yellow")
 KEYWORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "candle", "rocket")
-INTENSITIES = ("barely", "slightly", "somewhat", "fairly", "quite", "very", "extremely")  # regression, in order
 FILLER = (
     "the", "a", "small", "old", "quiet", "bright", "morning", "house", "road", "near", "under", "after",
     "before", "with", "some", "many", "people", "walked", "saw", "found", "today", "again", "slowly", "later",
@@ -79,52 +74,48 @@ MISSING_RATE = 0.08  # per noise column: ~5% of all tabular cells are empty
 PNG = {"compress_level": 1}  # noisy images hardly compress: save time, not bytes
 
 
-def uses_class_folders(task: str, modalities: tuple[str, ...]) -> bool:
+def task_class(task: type[Task] | str) -> type[Task]:
+    """The Task class `task` is, or names (a module of tasks/, e.g. the project's TASK_TYPE, or a class path)."""
+    return load_task_class(task) if isinstance(task, str) else task
+
+
+def uses_class_folders(task: type[Task] | str, modalities: tuple[str, ...]) -> bool:
     """Image classification from images alone keeps the class-folder layout; everything else writes CSVs."""
-    return task in ("multiclass", "binary") and tuple(modalities) == ("image",)
+    return task_class(task).class_folder_labels and tuple(modalities) == ("image",)
 
 
-def default_classes(task: str, modalities: tuple[str, ...]) -> tuple[str, ...]:
-    """Class (or label) names: shapes where the image alone decides the target, neutral names otherwise."""
-    shapes_only = tuple(modalities) == ("image",)
-    if task == "segmentation":
-        return ("background", "circle", "square", "triangle")
-    if task == "binary":
-        return ("circle", "square") if shapes_only else ("negative", "positive")
-    if task == "multiclass":
-        return CLASSES if shapes_only else NAMES[:4]
-    if task == "multilabel":
-        return SHAPES[:4] if shapes_only else NAMES[:4]
-    return ()  # regression: the outputs are TARGET_COLUMNS["regression"]
+def default_classes(task: type[Task] | str, modalities: tuple[str, ...]) -> tuple[str, ...]:
+    """Class (or label) names, the task's for these inputs (`toy_classes`): e.g. shapes where the image alone
+    decides the target, neutral names otherwise."""
+    return task_class(task).toy_classes(tuple(modalities))
 
 
-def columns(task: str, modalities: tuple[str, ...]) -> list[str]:
+def drawn_classes(task: type[Task], classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The classes the inputs show (shapes, bins, keywords): all of them, but not a mask's class 0, the
+    background."""
+    return classes[1:] if task.reads_masks else classes
+
+
+def columns(task: type[Task] | str, modalities: tuple[str, ...]) -> list[str]:
     """The header of the toy CSVs for `task` and `modalities`."""
+    task = task_class(task)
     names = [IMAGE_COLUMN] if "image" in modalities else []
-    names += [MASK_COLUMN] if task == "segmentation" else []
+    names += [MASK_COLUMN] if task.reads_masks else []
     names += [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS] if "tabular" in modalities else []
     names += [SEQUENCE_COLUMN] if "sequence" in modalities else []
-    return names + list(TARGET_COLUMNS[task])
+    return names + list(task.toy_target_columns)
 
 
-def describe(task: str, modalities: tuple[str, ...], classes: tuple[str, ...] | None = None) -> str:
+def describe(task: type[Task] | str, modalities: tuple[str, ...], classes: tuple[str, ...] | None = None) -> str:
     """One line: the layout, columns and targets the toy data has for these answers."""
+    task = task_class(task)
     classes = classes or default_classes(task, modalities)
-    head = f"{task} from {'+'.join(modalities)}"
+    head = f"{task.name} from {'+'.join(modalities)}"
     if uses_class_folders(task, modalities):
         return f"{head}: class folders <split>/<class>/<index>.png, {len(classes)} classes ({', '.join(classes)})"
-    if task == "multiclass":
-        targets = f"target = class name ({', '.join(classes)})"
-    elif task == "binary":
-        targets = f"target = {' | '.join(classes)} (positive: {classes[-1]})"
-    elif task == "multilabel":
-        targets = f"target = {len(classes)} labels as 0/1 ('0 1 0 1': {', '.join(classes)})"
-    elif task == "regression":
-        targets = "target, target_2 = numbers"
-    else:
-        targets = f"mask = class index per pixel ({', '.join(f'{i} {c}' for i, c in enumerate(classes))})"
     files = " + images/<split>/" if "image" in modalities else ""
-    files += " + masks/<split>/" if task == "segmentation" else ""
+    files += " + masks/<split>/" if task.reads_masks else ""
+    targets = task.toy_description(classes)
     return f"{head}: <split>.csv{files} with columns {', '.join(columns(task, modalities))}; {targets}"
 
 
@@ -139,7 +130,7 @@ def sequence_latent(sentence: str, k: int) -> int:
     return next(KEYWORDS.index(word) for word in sentence.split() if word in KEYWORDS[:k])
 
 
-def _sentence(keywords: list[str], rng: random.Random, length: int | None = None) -> str:
+def filler_sentence(keywords: list[str], rng: random.Random, length: int | None = None) -> str:
     """Filler words with `keywords` at random places, `length` words in all (6 to 12 when None)."""
     length = length or rng.randint(6, 12)
     words = [rng.choice(FILLER) for _ in range(length - len(keywords))]
@@ -148,7 +139,7 @@ def _sentence(keywords: list[str], rng: random.Random, length: int | None = None
     return " ".join(words)
 
 
-def _tabular(x0: float, colour: str, rng: random.Random) -> dict[str, str]:
+def tabular_cells(x0: float, colour: str, rng: random.Random) -> dict[str, str]:
     """x0 and colour as given, plus noise columns at different scales with some empty cells."""
     cells = {"x0": f"{x0:.4f}", "colour": colour}
     noise = (rng.gauss(0, 1), rng.gauss(50, 10), rng.uniform(0, 1000))
@@ -158,11 +149,12 @@ def _tabular(x0: float, colour: str, rng: random.Random) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class _Toy:
-    """Draws the rows of one dataset: latents, then what each input shows, then the target."""
+class ToyRows:
+    """Draws the rows of one dataset: the task draws a row's latents and target (`task.toy_row`), and `inputs`
+    what each input shows of the latents."""
 
     root: Path
-    task: str
+    task: type[Task]
     modalities: tuple[str, ...]
     classes: tuple[str, ...]
     image_size: int
@@ -170,16 +162,16 @@ class _Toy:
     @property
     def k(self) -> int:
         """How many values each input's latent takes (classification and segmentation)."""
-        return len(self.classes) - (self.task == "segmentation")
+        return len(drawn_classes(self.task, self.classes))
 
     @property
     def shapes(self) -> tuple[str, ...]:
         """Latent index -> drawn shape: the class names when they are shapes."""
-        names = self.classes[1:] if self.task == "segmentation" else self.classes
+        names = drawn_classes(self.task, self.classes)
         return names if set(names) <= set(CLASSES) else SHAPES
 
     def row(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
-        return self._regression(split, index, rng) if self.task == "regression" else self._discrete(split, index, rng)
+        return self.task.toy_row(self, split, index, rng)
 
     @cached_property
     def latents_by_class(self) -> list[list[tuple[int, ...]]]:
@@ -198,58 +190,36 @@ class _Toy:
             before += len(run)
         return by_class
 
-    def _discrete(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
-        latents = {}  # modality -> the latent values it shows (an image or sentence may show two)
-        if self.task in ("multiclass", "binary"):
-            # Class `index % k`, so every split holds every class equally often (a small test split of random
-            # labels can miss one); then any combination of latents that lands in that class's bin.
-            combination = rng.choice(self.latents_by_class[index % self.k])
-            latents = {modality: [z] for modality, z in zip(self.modalities, combination, strict=True)}
-        else:
-            for modality in self.modalities:
-                several = (self.task == "multilabel" and modality != "tabular") or (
-                    self.task == "segmentation" and modality == "image"
-                )
-                latents[modality] = rng.sample(range(self.k), rng.randint(1, 2) if several else 1)
-        row, mask_values = {}, None
-        if self.task in ("multiclass", "binary"):
-            row["target"] = self.classes[index % self.k]
-        elif self.task == "multilabel":
-            present = set().union(*latents.values())
-            row["target"] = " ".join("1" if label in present else "0" for label in range(self.k))
-        else:  # segmentation: each shape's class, shifted by the other inputs' latents
-            shift = sum(z[0] for modality, z in latents.items() if modality != "image")
-            mask_values = [1 + (z + shift) % self.k for z in latents["image"]]
+    def class_latents(self, index: int, rng: random.Random) -> dict[str, list[int]]:
+        """Classification: the latents of sample `index`, of class `index % k` (so every split holds every class
+        equally often; a small test split of random labels can miss one): any combination in that class's bin."""
+        combination = rng.choice(self.latents_by_class[index % self.k])
+        return {modality: [z] for modality, z in zip(self.modalities, combination, strict=True)}
+
+    def inputs(
+        self,
+        split: str,
+        index: int,
+        latents: dict[str, list[int]],
+        rng: random.Random,
+        mask_values: list[int] | None = None,
+    ) -> dict[str, str]:
+        """The input cells that show `latents` (modality -> the latent values it shows; an image or a sentence may
+        show two): the shapes drawn, the bin of x0, the keywords. `mask_values`: each shape's class in the mask."""
+        row = {}
         if "image" in latents:
-            row |= self._image(split, index, [self.shapes[z] for z in latents["image"]], rng, mask_values=mask_values)
+            row |= self.image(split, index, [self.shapes[z] for z in latents["image"]], rng, mask_values=mask_values)
         if "tabular" in latents:
             colour = rng.choice(COLOURS)
             z = latents["tabular"][0]
             position = self.k - 1 - z if colour in WARM else z
-            row |= _tabular(-2 + 4 * (position + rng.uniform(0.1, 0.9)) / self.k, colour, rng)
+            row |= tabular_cells(-2 + 4 * (position + rng.uniform(0.1, 0.9)) / self.k, colour, rng)
         if "sequence" in latents:
-            row[SEQUENCE_COLUMN] = _sentence([KEYWORDS[z] for z in latents["sequence"]], rng)
+            row[SEQUENCE_COLUMN] = filler_sentence([KEYWORDS[z] for z in latents["sequence"]], rng)
         return row
 
-    def _regression(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
-        row, first, second = {}, 0.0, 0.0  # every input adds to both targets: 4 * u (in [0, 4]), 3 * v (in [0, 3])
-        if "image" in self.modalities:
-            u, shape = rng.random(), rng.randrange(4)
-            row |= self._image(split, index, [SHAPES[shape]], rng, radii=[0.12 + 0.26 * u])
-            first, second = first + 4 * u, second + shape
-        if "tabular" in self.modalities:
-            u, colour = rng.random(), rng.randrange(len(COLOURS))
-            row |= _tabular(4 * u - 2, COLOURS[colour], rng)
-            first, second = first + 4 * u, second + colour
-        if "sequence" in self.modalities:
-            intensity, length = rng.randrange(len(INTENSITIES)), rng.randint(6, 12)
-            row[SEQUENCE_COLUMN] = _sentence([INTENSITIES[intensity]], rng, length)
-            first, second = first + 4 * intensity / (len(INTENSITIES) - 1), second + (length - 6) / 2
-        row["target"] = f"{first + rng.gauss(0, 0.1):.4f}"
-        row["target_2"] = f"{second + rng.gauss(0, 0.1):.4f}"
-        return row
-
-    def _image(self, split: str, index: int, shapes: list[str], rng: random.Random, **scene) -> dict[str, str]:
+    def image(self, split: str, index: int, shapes: list[str], rng: random.Random, **scene) -> dict[str, str]:
+        """Draw the image (and its mask, when the scene has `mask_values`) and save them; returns their cells."""
         image, mask = draw_scene(shapes, self.image_size, rng, **scene)
         cells = {}
         for column, folder, picture in ((IMAGE_COLUMN, "images", image), (MASK_COLUMN, "masks", mask)):
@@ -260,23 +230,17 @@ class _Toy:
         return cells
 
 
-def _validate(task: str, modalities: tuple[str, ...], classes: tuple[str, ...] | None) -> tuple:
+def _validate(task: type[Task], modalities: tuple[str, ...], classes: tuple[str, ...] | None) -> tuple:
     """The modalities in column order and the class names; ValueError naming what is wrong."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     unknown = [m for m in modalities if m not in INPUTS]
     if unknown or not modalities or len(set(modalities)) != len(modalities):
         raise ValueError(f"modality {'+'.join(modalities)!r}: expected {', '.join(INPUTS)} joined by '+', each once")
     modalities = tuple(m for m in INPUTS if m in modalities)
-    if task == "segmentation" and "image" not in modalities:
-        raise ValueError("segmentation needs the image input")
-    classes = tuple(classes or default_classes(task, modalities))
-    if task == "regression":
-        return modalities, ()
-    if len(classes) < 2 or (task == "binary" and len(classes) != 2):
-        raise ValueError(f"{task} needs {'exactly' if task == 'binary' else 'at least'} 2 classes, got {classes}")
-    shapes = classes[1:] if task == "segmentation" else classes
-    if (uses_class_folders(task, modalities) or task == "segmentation") and not set(shapes) <= set(CLASSES):
+    if task.reads_masks and "image" not in modalities:
+        raise ValueError(f"{task.name} needs the image input")
+    classes = task.toy_classes(modalities, classes)
+    shapes = drawn_classes(task, classes)
+    if (uses_class_folders(task, modalities) or task.reads_masks) and not set(shapes) <= set(CLASSES):
         raise ValueError(f"classes drawn as shapes must be among {', '.join(CLASSES)}; got {', '.join(shapes)}")
     limit = min(len(SHAPES) if "image" in modalities else len(KEYWORDS), len(KEYWORDS))
     if len(shapes) > limit:
@@ -286,7 +250,7 @@ def _validate(task: str, modalities: tuple[str, ...], classes: tuple[str, ...] |
 
 def write_toy_dataset(
     root: str | Path,
-    task: str = TASK_TYPE,
+    task: type[Task] | str = TASK_TYPE,
     modalities: tuple[str, ...] = MODALITIES,
     *,
     sizes: dict[str, int] | None = None,
@@ -295,12 +259,14 @@ def write_toy_dataset(
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Write the toy dataset for `task` and `modalities` under `root` and return it.
+    """Write the toy dataset for `task` (a Task class, or its name: the project's task by default) and `modalities`
+    under `root` and return it.
 
     `sizes` maps split -> samples (default `DEFAULT_SIZES`); in the class-folder layout it is images PER CLASS
     (default: `DEFAULT_SIZES` spread over the classes). `classes` overrides `default_classes` (unused for
     regression). Refuses a non-empty `root` (FileExistsError) unless `overwrite`.
     """
+    task = task_class(task)
     modalities, classes = _validate(task, tuple(modalities), classes)
     folders = uses_class_folders(task, modalities)
     if sizes is None:
@@ -313,7 +279,7 @@ def write_toy_dataset(
             raise FileExistsError(f"{root} already exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    toy = _Toy(root, task, modalities, classes, image_size)
+    toy = ToyRows(root, task, modalities, classes, image_size)
     for split, count in sizes.items():
         rng = random.Random(f"{seed}/{split}")  # one generator per split: resizing one split leaves the others
         if folders:
@@ -340,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         f"(default: {describe(TASK_TYPE, MODALITIES)}).",
     )
     parser.add_argument("--root", default="data/toy", help="output folder (default: data/toy)")
-    parser.add_argument("--task", choices=TASKS, default=TASK_TYPE, help=f"task type (default: {TASK_TYPE})")
+    parser.add_argument(
+        "--task", default=TASK_TYPE, help=f"task: a module of tasks/ or a Task class path (default: {TASK_TYPE})"
+    )
     default_modality = "+".join(MODALITIES)
     parser.add_argument("--modality", default=default_modality, help=f"inputs, e.g. image+tabular ({default_modality})")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
@@ -349,17 +317,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     modalities = tuple(args.modality.split("+"))
     try:
+        task = task_class(args.task)
         root = write_toy_dataset(
-            args.root, args.task, modalities, image_size=args.image_size, seed=args.seed, overwrite=args.overwrite
+            args.root, task, modalities, image_size=args.image_size, seed=args.seed, overwrite=args.overwrite
         )
     except FileExistsError as error:
         parser.exit(2, f"toy-data: {error}\n")
     except ValueError as error:
         parser.error(str(error))
     modalities = tuple(m for m in INPUTS if m in modalities)
-    unit = "images per split" if uses_class_folders(args.task, modalities) else "rows per split"
+    unit = "images per split" if uses_class_folders(task, modalities) else "rows per split"
     counts = ", ".join(f"{split} {_count(root, split)}" for split in SPLITS)
-    print(f"Wrote {describe(args.task, modalities)}")
+    print(f"Wrote {describe(task, modalities)}")
     print(f"  to {root} ({unit}: {counts})")
 
 

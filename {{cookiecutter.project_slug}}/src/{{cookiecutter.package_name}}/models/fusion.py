@@ -61,7 +61,8 @@ class _Fusion(nn.Module):
             )
         if not self.many_inputs and len(self.names) != 1:
             raise ValueError(
-                f"fusion 'none' takes exactly one input, got {list(self.names)}; choose concat, late or gated for several"
+                f"fusion 'none' takes exactly one input, got {list(self.names)}; "
+                "choose concat, late or gated for several"
             )
         self.feature_dims = {name: int(feature_dims[name]) for name in self.names}
 
@@ -133,10 +134,7 @@ class LateFusion(_Fusion):
         if fusion_dim < 1:
             raise ValueError(f"{self.kind} fusion: fusion_dim must be >= 1, got {fusion_dim}")
         self.heads = nn.ModuleDict(
-            {
-                n: nn.Sequential(_projection(d, fusion_dim), make_head(fusion_dim))
-                for n, d in self.feature_dims.items()
-            }
+            {n: nn.Sequential(_projection(d, fusion_dim), make_head(fusion_dim)) for n, d in self.feature_dims.items()}
         )
         self.weight_logits = nn.Parameter(torch.zeros(len(self.names)))
 

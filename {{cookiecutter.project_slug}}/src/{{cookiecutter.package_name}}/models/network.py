@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import Spec, build, resolve, split_spec
+from .registry import Spec, build, registered, resolve, split_spec
 
 # The encoder an input gets when `encoders` has no entry for it (models/encoders/).
 DEFAULT_ENCODERS = {"image": "timm", "tabular": "tabular", "sequence": "sequence"}
@@ -79,8 +79,9 @@ class Network(nn.Module):
     @property
     def backbone(self) -> nn.Module | None:
         """The pretrained part (discriminative LRs, staged fine-tuning): the image encoder's backbone, if any."""
-        image = self.encoders["image"] if "image" in self.encoders else None
-        return getattr(image, "backbone", None)
+        if "image" not in self.encoders:
+            return None
+        return getattr(self.encoders["image"], "backbone", None)
 
     def forward_features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-input [B, D_m] features, before fusion (what an auxiliary loss reads)."""
@@ -99,7 +100,10 @@ class Network(nn.Module):
     @classmethod
     def data_config(cls, encoders: dict[str, Spec] | None = None, **_: Any) -> dict[str, Any] | None:
         """What the image encoder needs of the data (input size, normalization), read from the config alone:
-        the CLI links it into `data.image_config` before anything is built. None: no image input."""
+        the CLI links it into `data.image_config` before anything is built. None: no image input (no image encoder
+        configured, and none in the project); {}: the encoder names none (the data's defaults apply)."""
+        if "image" not in (encoders or {}) and DEFAULT_ENCODERS["image"] not in registered("encoder"):
+            return None
         name, options = split_spec("encoder", encoder_spec("image", encoders))
         encoder_class = resolve("encoder", name)
         data_config = getattr(encoder_class, "data_config", None)

@@ -89,7 +89,9 @@ def split_spec(kind: str, spec: Spec) -> tuple[str, dict[str, Any]]:
     name = options.pop("name", None)
     if not isinstance(name, str):
         raise ValueError(f"a {kind} entry needs a 'name' (one of {', '.join(registered(kind))}), got {spec!r}")
-    return name, options
+    # A dict given by a nested flag (--model.network.init_args.head '{"dropout": null}') reaches us re-read by
+    # jsonargparse from its Python repr, so its nulls arrive as the string "None": read them back as null.
+    return name, {key: None if value == "None" else value for key, value in options.items()}
 
 
 def build(kind: str, spec: Spec, *args: Any, where: str = "") -> nn.Module:
@@ -102,15 +104,30 @@ def build(kind: str, spec: Spec, *args: Any, where: str = "") -> nn.Module:
     constructor: Callable[..., nn.Module] = factory
     if kind == "encoder":  # sized by the data (from_spec), or not: then the input spec is not passed
         constructor, args = (factory.from_spec, args) if hasattr(factory, "from_spec") else (factory, ())
-    check_options(constructor, options, skip=len(args), where=where or f"{kind} {name!r}")
+    # A from_spec that passes **options on to the class is checked against the class's own keywords too.
+    forwards_to = factory if constructor is not factory else None
+    check_options(constructor, options, skip=len(args), where=where or f"{kind} {name!r}", forwards_to=forwards_to)
     return constructor(*args, **options)
 
 
-def check_options(constructor: Callable[..., Any], options: dict[str, Any], skip: int, where: str) -> None:
-    """Fail with one line when `options` holds a keyword `constructor` does not accept."""
+def check_options(
+    constructor: Callable[..., Any],
+    options: dict[str, Any],
+    skip: int,
+    where: str,
+    forwards_to: Callable[..., Any] | None = None,
+) -> None:
+    """Fail with one line when `options` holds a keyword `constructor` does not accept (nor `forwards_to`, the
+    class a `**options` of `constructor` goes to)."""
     parameters = list(inspect.signature(constructor).parameters.values())[skip:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
+        if forwards_to is None:
+            return
+        own = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        known = {p.name for p in own}
+        parameters = own + [p for p in inspect.signature(forwards_to).parameters.values() if p.name not in known]
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
     accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -1,13 +1,13 @@
 """Baselines: the floor a model has to beat, on the same splits, with the same metrics, loss and error.
 
-- majority: one constant prediction for every sample, the best constant for the task: the most frequent
-  training class (multiclass, binary; segmentation: the most frequent pixel class), each label's training
-  frequency (multilabel), the training mean (regression);
+- majority: one constant prediction for every sample, the best constant for the task (`task.constant_outputs`):
+  e.g. the most frequent training class, each label's training frequency, the training mean;
 - linear: a linear model fitted full-batch with the task's own loss on simple features of every input:
   images averaged down to `feature_size` x `feature_size` pixels; the tabular columns as the model gets them
   (standardized numbers, missing-value flags) with one-hot categories; token counts over the most frequent
-  tokens, or summary statistics of a numeric series. Segmentation: a per-pixel linear model on the colour of
-  each pixel (a 1x1 convolution).
+  tokens, or summary statistics of a numeric series. A task can see and fit them otherwise
+  (`task.baseline_features`, `task.fit_baselines`: a segmentation task fits a per-pixel model on each
+  pixel's colour).
 
 A network that does not clearly beat the linear baseline has a bug or is badly under-fit.
 """
@@ -16,23 +16,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from .bias_variance import ERROR_MEANINGS, format_error
+from .bias_variance import format_error
 from .evaluation import Accumulator, SplitEvaluation, eval_dataset, eval_loader
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 RESULT_FILE = "baseline.json"
 SPLITS = ("train", "val", "test")
 MAX_TOKENS = 1000  # bag-of-tokens width: the most frequent training tokens (ids are assigned by frequency)
-PIXELS_PER_IMAGE = 256  # segmentation: training pixels sampled per image to fit the per-pixel model
-CLASS_TASKS = ("multiclass", "segmentation")  # one class per sample / pixel: constant = log class frequencies
-PROBABILITY_TASKS = ("binary", "multilabel")  # independent 0/1 targets: constant = logit of their frequency
 
 
 class Features(torch.nn.Module):
@@ -95,16 +95,6 @@ class Features(torch.nn.Module):
         return "; ".join(parts)
 
 
-class PixelFeatures(torch.nn.Module):
-    """A batch -> its normalized images [B, 3, H, W]: each pixel's colour is its feature vector."""
-
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return batch["image"].float()
-
-    def describe(self) -> str:
-        return "the colour of each pixel (a 1x1 convolution on the normalized image)"
-
-
 class Linear(torch.nn.Module):
     """Standardize the features (train mean and std), then one linear layer; `pixelwise`: per pixel of [B, D, H, W]."""
 
@@ -134,22 +124,18 @@ class Constant(torch.nn.Module):
         return self.outputs.expand(len(x), -1)
 
 
-def constant_outputs(
-    task_type: str, targets: torch.Tensor, num_outputs: int, from_counts: bool = False
-) -> torch.Tensor:
-    """The best constant outputs [K] for the train targets: log class frequencies (multiclass, segmentation: the
-    argmax is the most frequent class), logits of the label frequencies (binary, multilabel), the mean (regression).
+def log_frequencies(counts: torch.Tensor) -> torch.Tensor:
+    """The best constant outputs of one class out of K, from the training class counts [K]: the log frequencies
+    (the most frequent class wins; its softmax is the class distribution)."""
+    counts = counts.double()
+    return (counts / counts.sum()).clamp(min=1e-8).log().float()
 
-    `from_counts`: `targets` are already the class counts [K] (segmentation counts its pixels batch by batch).
-    """
-    if task_type in CLASS_TASKS:
-        counts = targets if from_counts else torch.bincount(targets.flatten().long(), minlength=num_outputs)
-        counts = counts.double()
-        return (counts / counts.sum()).clamp(min=1e-8).log().float()
+
+def frequency_logits(targets: torch.Tensor) -> torch.Tensor:
+    """The best constant outputs of independent 0/1 targets [N] or [N, K]: the logit of each one's training
+    frequency."""
     mean = targets.double().reshape(len(targets), -1).mean(0)
-    if task_type in PROBABILITY_TASKS:
-        return torch.logit(mean.clamp(1e-6, 1 - 1e-6)).float()
-    return mean.float()
+    return torch.logit(mean.clamp(1e-6, 1 - 1e-6)).float()
 
 
 def fit_linear(
@@ -182,23 +168,12 @@ def fit_linear(
     return Linear(mean, std, linear, pixelwise).eval()
 
 
-def _pixel_sample(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple:
-    """Up to PIXELS_PER_IMAGE random pixels of every image: colours [P, 3] and their classes [P]."""
-    pixels = images.movedim(1, -1).flatten(1, 2)  # [B, H*W, 3]
-    classes = masks.flatten(1)  # [B, H*W]
-    n = min(PIXELS_PER_IMAGE, classes.shape[1])
-    index = torch.stack([torch.randperm(classes.shape[1], generator=generator)[:n] for _ in range(len(images))])
-    colours = pixels.gather(1, index[..., None].expand(-1, -1, pixels.shape[-1]))
-    return colours.flatten(0, 1), classes.gather(1, index).flatten()
-
-
 class FeatureBatches:
-    """(features, targets, ids) of a split, batch by batch, read once: flat features are small and kept for the
-    next pass; pixel features (whole images) are read again instead."""
+    """(features, targets, ids) of a split, batch by batch, read once: flat features [B, D] are small and kept for
+    the next pass; per-pixel features [B, D, H, W] (whole images) are read again instead."""
 
     def __init__(self, datamodule: pl.LightningDataModule, featurize: torch.nn.Module, max_train_samples: int | None):
         self.datamodule, self.featurize = datamodule, featurize
-        self.keep = not isinstance(featurize, PixelFeatures)
         self.splits = [split for split in SPLITS if split in datamodule.splits]
         self.datasets = {
             split: eval_dataset(datamodule, split, max_train_samples if split == "train" else None)
@@ -214,52 +189,27 @@ class FeatureBatches:
         kept = []
         for batch in eval_loader(self.datamodule, self.datasets[split]):
             item = (self.featurize(batch), batch["target"], list(batch["id"]))
-            if self.keep:
+            if item[0].dim() == 2:
                 kept.append(item)
             yield item
-        if self.keep:
+        if kept:
             self.kept[split] = kept
 
 
-def fit_baselines(task: Any, task_type: str, train: Iterable[tuple], steps: int = 100) -> dict[str, torch.nn.Module]:
-    """The constant and the linear model, from the train batches of FeatureBatches."""
-    if task_type != "segmentation":
-        features, targets = zip(*((x, y) for x, y, _ in train), strict=True)
-        x, y = torch.cat(features), torch.cat(targets)
-        linear = fit_linear(x, y, task.num_outputs, task.loss, steps)
-        return {"majority": Constant(constant_outputs(task_type, y, task.num_outputs)), "linear": linear}
-    # Segmentation: every pixel counts for the class frequencies; a sample of them fits the per-pixel model,
-    # scored with the task's loss on 1x1 "images".
-    generator = torch.Generator().manual_seed(0)
-    colours, classes, counts = [], [], torch.zeros(task.num_outputs, dtype=torch.long)
-    for images, masks, _ in train:
-        pixels, labels = _pixel_sample(images, masks, generator)
-        colours.append(pixels)
-        classes.append(labels)
-        counts += torch.bincount(masks.flatten(), minlength=task.num_outputs)
-
-    def loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return task.loss(outputs[:, :, None, None], target[:, None, None])
-
-    linear = fit_linear(torch.cat(colours), torch.cat(classes), task.num_outputs, loss, steps, pixelwise=True)
-    return {
-        "majority": Constant(constant_outputs(task_type, counts, task.num_outputs, from_counts=True)),
-        "linear": linear,
-    }
-
-
 def run_baselines(
-    task: Any,
+    task: Task,
     datamodule: pl.LightningDataModule,
     feature_size: int = 16,
     steps: int = 100,
     max_train_samples: int | None = 20000,
 ) -> dict[str, Any]:
-    """Both baselines on train/val/test: {"baselines": {name: {split: scores}}, "best": ..., "descriptions": ...}."""
-    task_type = datamodule.hparams.task
-    featurize = PixelFeatures() if task_type == "segmentation" else Features(datamodule.input_specs, feature_size)
+    """Both baselines on train/val/test: {"baselines": {name: {split: scores}}, "best": ..., "descriptions": ...}.
+
+    The bound task decides what they see and how they are fitted (`task.baseline_features`, `task.fit_baselines`).
+    """
+    featurize = task.baseline_features(datamodule.input_specs, feature_size)
     batches = FeatureBatches(datamodule, featurize, max_train_samples)
-    models = fit_baselines(task, task_type, batches("train"), steps)
+    models = task.fit_baselines(batches("train"), steps)
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     for split in batches.splits:
         accumulators = {name: Accumulator(task, split, task.metrics()) for name in models}
@@ -271,20 +221,15 @@ def run_baselines(
             results[name][split] = scores(accumulator.result())
     best = min(results, key=lambda name: results[name]["val"]["error"])
     constant = models["majority"].outputs
-    majority_class = None
-    if task_type in CLASS_TASKS:
-        majority_class = task.class_names[int(constant.argmax())]
-    elif task_type == "binary":
-        majority_class = task.class_names[int(constant.item() > 0)]
     return {
-        "task": task_type,
-        "error": ERROR_MEANINGS.get(task_type, "the task's error"),
+        "task": task.name,
+        "error": task.error_meaning,
         "baselines": results,
         "best": {"name": best, "val_error": results[best]["val"]["error"]},
-        "majority_class": majority_class,
+        "majority_class": task.majority_class(constant),
         "descriptions": {
-            "majority": describe_constant(task_type, task, constant),
-            "linear": f"{linear_kind(task_type)} on {featurize.describe()}, fitted with the task's loss",
+            "majority": task.describe_constant(constant),
+            "linear": f"{task.linear_baseline} on {featurize.describe()}, fitted with the task's loss",
         },
         "feature_size": feature_size,
         "train_samples": len(batches.datasets["train"]),
@@ -296,37 +241,15 @@ def scores(evaluation: SplitEvaluation) -> dict[str, float]:
     return {"error": evaluation.error, **evaluation.metrics, "loss": float(evaluation.losses.mean())}
 
 
-def linear_kind(task_type: str) -> str:
-    if task_type == "regression":
-        return "linear regression"
-    return "per-pixel logistic regression" if task_type == "segmentation" else "logistic regression"
-
-
-def describe_constant(task_type: str, task: Any, constant: torch.Tensor) -> str:
-    names = task.class_names
-    if task_type == "multiclass":
-        return f"always `{names[int(constant.argmax())]}`, the most frequent training class"
-    if task_type == "segmentation":
-        return f"every pixel `{names[int(constant.argmax())]}`, the most frequent training pixel class"
-    if task_type == "binary":
-        p = float(constant.sigmoid())
-        return f"always `{names[int(p > 0.5)]}` (P({names[1]}) = {p:.3f}, its training frequency)"
-    if task_type == "multilabel":
-        frequencies = ", ".join(f"{n} {p:.2f}" for n, p in zip(names, constant.sigmoid().tolist(), strict=True))
-        return f"each label's training frequency as its probability ({frequencies})"
-    values = task.activation(constant[None])[0].tolist()  # back to the target's units
-    means = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, values, strict=True))
-    return f"the training mean of every target ({means})"
-
-
-def to_markdown(result: dict[str, Any]) -> str:
-    task_type = result.get("task", "multiclass")
+def to_markdown(result: dict[str, Any], task: Task) -> str:
+    """The report of `run_baselines`' result for `task` (which writes its error)."""
     metrics = list(result["baselines"]["majority"]["val"])  # error first, then the task's metrics and loss
     lines = ["| baseline | split | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
     for name, by_split in result["baselines"].items():
         for split, values in by_split.items():
             lines.append(f"| {name} | {split} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
     best, descriptions = result["best"], result["descriptions"]
+    error = format_error(best["val_error"], task.error_is_rate)
     lines += [
         "",
         f"error: {result.get('error', 'the task error')}.",
@@ -334,8 +257,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"- majority: {descriptions['majority']}.",
         f"- linear: {descriptions['linear']} ({result['train_samples']} training samples).",
         "",
-        f"Best baseline on val: {best['name']} (error {format_error(best['val_error'], task_type)}). The model has "
-        "to beat it; the diagnosis uses it as the reference error when no human-level error is configured.",
+        f"Best baseline on val: {best['name']} (error {error}). The model has to beat it; the diagnosis uses it as "
+        "the reference error when no human-level error is configured.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,13 +11,18 @@
     test
 
 Without a train-dev split, val - train mixes variance and data mismatch. Pure logic, no torch: the errors
-come from callbacks/diagnosis.py (after fit) or the `diagnose` command (on a checkpoint).
+come from callbacks/diagnosis.py (after fit) or the `diagnose` command (on a checkpoint). The task (tasks/) says
+what its error means and how to write it, and which of its own knobs and analyses the next steps name.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 # The order to address problems in when several show up: fit the training set first, then generalize to its
 # distribution, then to the val/test distribution, and only then worry about having overfit val.
@@ -36,64 +41,48 @@ MEANINGS = {
     "val_overfitting": "over-fitting to the val set",
 }
 
-ERROR_MEANINGS = {
-    "multiclass": "the fraction of samples misclassified",
-    "binary": "the fraction of samples misclassified (threshold 0.5)",
-    "multilabel": "the fraction of wrong label decisions (Hamming error, threshold 0.5)",
-    "regression": "RMSE in units of each target's train standard deviation, averaged over targets "
-    "(1.0 = as good as predicting the train mean)",
-    "segmentation": "the fraction of pixels misclassified",
-}
-RATE_FREE_TASKS = ("regression",)  # errors that are not rates between 0 and 1
 
-
-def format_error(value: float, task: str = "multiclass", sign: bool = False) -> str:
-    """An error or a gap: a percentage for error rates, a plain number for regression's standardized RMSE."""
-    if task in RATE_FREE_TASKS:
+def format_error(value: float, rate: bool = True, sign: bool = False) -> str:
+    """An error or a gap: a percentage for error rates, a plain number otherwise (regression's standardized RMSE;
+    `Task.error_is_rate`)."""
+    if not rate:
         return f"{value:+.4f}" if sign else f"{value:.4f}"
     return f"{value:+.2%}" if sign else f"{value:.2%}"
 
 
-def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "multiclass") -> list[str]:
-    """What to try for `problem`, in order, naming the config keys that exist for these inputs and this task."""
+def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: Task | None = None) -> list[str]:
+    """What to try for `problem`, in order, naming the config keys that exist for these inputs and this task
+    (its own regularizers, what of its error analysis to look at; None: none of a task's)."""
     image = "image" in inputs
     learned = [name for name in inputs if name in ("tabular", "sequence")]  # inputs with a sized encoder
     several = len(inputs) > 1
-    mixable = list(inputs) == ["image"] and task in ("multiclass", "binary", "multilabel")  # mixing.py
-    regularizers = ["`model.weight_decay`", "`model.dropout`"]
-    if task == "multiclass":
-        regularizers.append("`model.label_smoothing`")
+    mixable = list(inputs) == ["image"] and hasattr(task, "soft_loss")  # mixing.py: a task with soft targets
+    regularizers = ["`model.optimizer.weight_decay`", "the head's `dropout` (`model.network.init_args.head`)", *(task.regularizers if task is not None else ())]
     if mixable:
-        regularizers.append("`model.mixup_alpha` / `model.cutmix_alpha`")
+        regularizers.append("`mixing.mixup_alpha` / `mixing.cutmix_alpha`")
     regularizers = ", ".join(regularizers)
-    analysis = {
-        "multiclass": "the most-confused pairs",
-        "binary": "the confusion matrix",
-        "multilabel": "the per-label table",
-        "regression": "the residuals per target",
-        "segmentation": "the per-class IoU table",
-    }.get(task, "the error analysis")
+    analysis = task.look_at if task is not None else "the error analysis"
     worst = "worst_examples.png and the worst-examples table" if image else "the worst-examples table"
 
     bigger = []
     if image:
         bigger.append(
-            "a larger `model.backbone` (e.g. resnet18 -> resnet50) or pretrained weights (`model.pretrained`)"
+            "a larger image `backbone` (e.g. resnet18 -> resnet50) or pretrained weights (`pretrained: true`) in the image encoder"
         )
     if learned:
-        bigger.append(f"a wider {' and '.join(learned)} encoder (`model.hidden_dim`)")
+        bigger.append(f"a wider {' and '.join(learned)} encoder (its `hidden_dim` in `model.network.init_args.encoders`)")
     if "sequence" in inputs:
-        bigger.append("`model.sequence_encoder: transformer`")
+        bigger.append("the sequence encoder's `kind: transformer`")
     if several:
-        bigger.append("a wider fusion (`model.fusion_dim`) or another `model.fusion` (concat, late, gated)")
+        bigger.append("a wider fusion (its `fusion_dim`) or another `model.network.init_args.fusion` (concat, late, gated)")
     smaller = []
     if image:
-        smaller.append("a smaller `model.backbone`, or a pretrained one that needs less data")
+        smaller.append("a smaller image `backbone`, or a pretrained one that needs less data")
     if learned:
-        smaller.append("a smaller `model.hidden_dim`")
+        smaller.append("a smaller encoder `hidden_dim`")
     less_regularization = f"Regularize less: lower {regularizers}"
     if image:
-        less_regularization += "; weaker augmentation (`data.augment: light` or `none`)"
+        less_regularization += "; weaker augmentation (`data.image.augment: light` or `none`)"
     more_data_like_val = []
     if image:
         more_data_like_val.append(
@@ -107,25 +96,25 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
     if "sequence" in inputs:
         more_data_like_val.append(
             "sequences: compare lengths and vocabulary (the unknown-token rate) between train "
-            "and val; raise `data.max_length` if val sequences are longer"
+            "and val; raise `data.sequence.max_length` if val sequences are longer"
         )
     steps = {
         "avoidable_bias": [
             "Make the model bigger: " + ("; ".join(bigger) or "more capacity in the encoders") + ".",
             "Train longer: raise `trainer.max_epochs`.",
-            "Tune the optimizer: `model.lr` first (too high and too low both under-fit), then the warmup "
-            "(`model.warmup_fraction`).",
+            "Tune the optimizer: `model.optimizer.lr` first (too high and too low both under-fit), then the warmup "
+            "(`model.lr_scheduler.warmup_fraction`).",
             less_regularization + ".",
             "Try another architecture, and look at which training samples the model gets wrong.",
         ],
         "variance": [
             "Get more training data.",
-            *(["Augment the data more (`data.augment: strong`)."] if image else []),
-            *(["Mix training images: `model.mixup_alpha` / `model.cutmix_alpha`."] if mixable else []),
+            *(["Augment the data more (`data.image.augment: strong`)."] if image else []),
+            *(["Mix training images: `mixing.mixup_alpha` / `mixing.cutmix_alpha`."] if mixable else []),
             *(
                 [
                     "Drop feature columns that should not matter (ids, leaky or noisy columns) from "
-                    "`data.numeric_columns` / `data.categorical_columns`."
+                    "`data.tabular.numeric_columns` / `data.tabular.categorical_columns`."
                 ]
                 if "tabular" in inputs
                 else []
@@ -146,7 +135,7 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
             "Fine-tune on a small labelled set from the val/test distribution (domain adaptation).",
         ],
         "val_overfitting": [
-            "Use a bigger val set (`data.val_fraction`, or more samples in the val split).",
+            "Use a bigger val set (`data.splits.val_fraction`, or more samples in the val split).",
             "Tune fewer decisions on val; keep the test set for the final estimate only.",
         ],
     }
@@ -154,7 +143,7 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: str = "
 
 
 NOT_SEPARABLE_STEP = (
-    "Hold out a train-dev split (`data.train_dev_fraction: 0.1`) to tell over-fitting from data mismatch: "
+    "Hold out a train-dev split (`data.splits.train_dev_fraction: 0.1`) to tell over-fitting from data mismatch: "
     "val - train mixes the two."
 )
 NOTHING_DOMINANT = [
@@ -166,8 +155,8 @@ NOTHING_DOMINANT = [
 
 @dataclass(frozen=True)
 class SplitErrors:
-    """The task's error (ERROR_MEANINGS; 1 - accuracy for classification) on each split; train_dev and test are
-    optional."""
+    """The task's error (`Task.error`, in words `Task.error_meaning`; 1 - accuracy for classification) on each
+    split; train_dev and test are optional."""
 
     reference: float
     train: float
@@ -187,7 +176,7 @@ class Diagnosis:
     reference_source: str = ""
     sizes: dict[str, int] = field(default_factory=dict)  # samples per split, for the noise in each error
     notes: list[str] = field(default_factory=list)
-    task: str = "multiclass"  # the task type: what the error means and how it is written
+    task: str = ""  # the task's name (Task.name)
     inputs: list[str] = field(default_factory=list)  # the model's inputs: which knobs the next steps name
 
 
@@ -196,15 +185,16 @@ def diagnose(
     tolerance: float = 0.01,
     reference_source: str = "",
     sizes: dict[str, int] | None = None,
-    task: str = "multiclass",
+    task: Task | None = None,
     inputs: tuple[str, ...] | list[str] = ("image",),
 ) -> Diagnosis:
     """Gaps between consecutive splits, the dominant problem and what to try next for it.
 
-    `task` and `inputs` (the project's task type and input modalities) only change the wording: what the error
-    means, and which config keys the next steps name.
+    `task` and `inputs` (the project's bound task and input modalities) only change the wording: whether the
+    error is a rate, and which config keys the next steps name. None: an error rate, no task's own knobs.
     """
     inputs = tuple(inputs)
+    rate = task.error_is_rate if task is not None else True
     separable = errors.train_dev is not None
     gaps = {"avoidable_bias": errors.train - errors.reference}
     if separable:
@@ -233,7 +223,7 @@ def diagnose(
     if not separable:
         notes.append(
             "No train-dev split: variance and data mismatch are not separable; the variance row is val - train "
-            "and holds both (set `data.train_dev_fraction` to split them)."
+            "and holds both (set `data.splits.train_dev_fraction` to split them)."
         )
     if gaps["avoidable_bias"] < -tolerance:
         notes.append(
@@ -246,14 +236,15 @@ def diagnose(
     for split in ("train_dev", "val", "test"):
         error, n = getattr(errors, split), sizes.get(split)
         if error is not None and n:
-            stderr = standard_error(error, n, rate=task not in RATE_FREE_TASKS)
+            stderr = standard_error(error, n, rate=rate)
             if stderr > tolerance:
                 notes.append(
-                    f"The {split} error is known to about +/-{format_error(stderr, task)} ({n} samples, one "
+                    f"The {split} error is known to about +/-{format_error(stderr, rate)} ({n} samples, one "
                     "standard error): gaps of that size can be noise."
                 )
+    name = task.name if task is not None else ""
     return Diagnosis(
-        errors, gaps, dominant, steps, above, tolerance, reference_source, sizes, notes, task, list(inputs)
+        errors, gaps, dominant, steps, above, tolerance, reference_source, sizes, notes, name, list(inputs)
     )
 
 
@@ -282,20 +273,22 @@ def title(diagnosis: Diagnosis) -> str:
     return f"{name.replace('_', ' ')} ({MEANINGS[name]})"
 
 
-def to_markdown(diagnosis: Diagnosis) -> str:
-    """The table of errors, the gaps and the next steps, as Markdown."""
-    errors, sizes, task = diagnosis.errors, diagnosis.sizes, diagnosis.task
+def to_markdown(diagnosis: Diagnosis, task: Task | None = None) -> str:
+    """The table of errors, the gaps and the next steps, as Markdown; `task` (the one diagnosed) says what the
+    error means and how to write it (None: an error rate)."""
+    errors, sizes = diagnosis.errors, diagnosis.sizes
+    rate = task.error_is_rate if task is not None else True
     reference = "reference" + (f" ({diagnosis.reference_source})" if diagnosis.reference_source else "")
-    lines = [f"error: {ERROR_MEANINGS.get(task, 'the task error')}.", ""]
+    lines = [f"error: {task.error_meaning if task is not None else 'the task error'}.", ""]
     lines += [
         "| split | error | samples |",
         "|---|---:|---:|",
-        f"| {reference} | {format_error(errors.reference, task)} | |",
+        f"| {reference} | {format_error(errors.reference, rate)} | |",
     ]
     for split in ("train", "train_dev", "val", "test"):
         error = getattr(errors, split)
         if error is not None:
-            lines.append(f"| {split.replace('_', '-')} | {format_error(error, task)} | {sizes.get(split, '')} |")
+            lines.append(f"| {split.replace('_', '-')} | {format_error(error, rate)} | {sizes.get(split, '')} |")
     lines += ["", "| gap | value | meaning |", "|---|---:|---|"]
     for name in PROBLEMS:
         if name not in diagnosis.gaps:
@@ -304,8 +297,8 @@ def to_markdown(diagnosis: Diagnosis) -> str:
         if name == "variance" and errors.train_dev is None:
             label, meaning = "variance + data mismatch = val - train", "over-fitting or distribution shift"
         marker = " **<- dominant**" if name == diagnosis.dominant else ""
-        lines.append(f"| {label} | {format_error(diagnosis.gaps[name], task, sign=True)} | {meaning}{marker} |")
-    tolerance = format_error(diagnosis.tolerance, task)
+        lines.append(f"| {label} | {format_error(diagnosis.gaps[name], rate, sign=True)} | {meaning}{marker} |")
+    tolerance = format_error(diagnosis.tolerance, rate)
     lines += ["", f"**Dominant problem: {title(diagnosis)}** (tolerance {tolerance})", ""]
     lines += ["Next steps, in the order to try them:", ""]
     lines += [f"{i}. {step}" for i, step in enumerate(diagnosis.next_steps, 1)]

@@ -1,20 +1,18 @@
 """Error analysis of one split, for every task: what the model gets wrong, and the worst examples.
 
-- multiclass, binary: confusion matrix (binary: 2x2) and the most-confused pairs;
-- multilabel: precision, recall, F1 and support per label;
-- regression: residuals per target in the target's units (MAE, RMSE, bias, the largest);
-- segmentation: IoU per class, from the pixel confusion matrix (also drawn).
-The worst examples (highest per-sample loss) come for every task: a table of ids with their true and predicted
-targets (and, for tabular or sequence inputs, the first input columns), and an image grid when the inputs hold
-images (segmentation: image, true mask, predicted mask). Images are drawn with PIL (a dependency already); the
-confusion matrix uses matplotlib when it is installed.
+The task analyses its own errors (`Task.analyze_errors`, tasks/): e.g. a confusion matrix and the most-confused
+pairs for classes (`confusion_section` here), precision, recall and F1 per label, residuals per target, IoU per
+class. The worst examples (highest per-sample loss) come for every task: a table of ids with their true and
+predicted targets as the task describes them (and, for tabular or sequence inputs, the first input columns), and
+an image grid when the inputs hold images (the task's `example_tiles`, e.g. image, true mask, predicted mask).
+Images are drawn with PIL (a dependency already); the confusion matrix uses matplotlib when it is installed.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .evaluation import SplitEvaluation, eval_dataset
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 CELL = 36  # pixels per confusion-matrix cell
 TILE = 128  # pixels per worst-example tile
@@ -53,6 +54,19 @@ def most_confused(matrix: torch.Tensor, class_names: Sequence[str], k: int = 5) 
         for c, i in zip(counts.tolist(), flat.tolist(), strict=True)
         if c > 0
     ]
+
+
+def confusion_section(
+    matrix: torch.Tensor, class_names: Sequence[str], split: str, unit: str = "samples"
+) -> tuple[dict[str, Any], list[str], dict[str, Image.Image]]:
+    """A confusion matrix [C, C] (`unit`: what it counts) as error analysis: (its entries in diagnosis.json, the
+    Markdown lines with the most-confused pairs, the drawn matrix)."""
+    pairs = most_confused(matrix, class_names)
+    lines = [f"Most-confused pairs (true -> predicted: {unit}):", ""]
+    lines += [f"- {p['true']} -> {p['predicted']}: {p['count']}" for p in pairs] or [f"- none: no {split} errors"]
+    lines += ["", f"Confusion matrix ({unit}): confusion_matrix.png (rows: true class, columns: predicted).", ""]
+    analysis = {"confusion_matrix": matrix.tolist(), "most_confused": pairs}
+    return analysis, lines, {"confusion_matrix": confusion_matrix_image(matrix, class_names)}
 
 
 def confusion_matrix_image(matrix: torch.Tensor, class_names: Sequence[str]) -> Image.Image:
@@ -118,114 +132,19 @@ def image_grid(images: Sequence[Image.Image], captions: Sequence[str], columns: 
     return grid
 
 
-# --- per task --------------------------------------------------------------------------------------------------
-PALETTE = (
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-)  # fmt: skip
+def markdown_cell(value: Any) -> str:
+    """A value as the cell of a Markdown table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def class_predictions(task_type: str, outputs: torch.Tensor) -> torch.Tensor:
-    """Predicted class per sample (multiclass: argmax; binary: logit > 0) or per pixel (segmentation: kept as is)."""
-    if task_type == "binary":
-        return (outputs.reshape(len(outputs)) > 0).long()
-    return outputs if task_type == "segmentation" else outputs.argmax(dim=-1)
-
-
-def per_label_table(outputs: torch.Tensor, targets: torch.Tensor, label_names: Sequence[str]) -> list[dict]:
-    """Multilabel, per label at the 0.5 threshold: support (true count), predicted count, precision, recall, F1."""
-    predicted, true = outputs > 0, targets > 0.5
-    rows = []
-    for k, name in enumerate(label_names):
-        hits = int((predicted[:, k] & true[:, k]).sum())
-        support, count = int(true[:, k].sum()), int(predicted[:, k].sum())
-        precision = hits / count if count else 0.0
-        recall = hits / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(
-            {
-                "label": name,
-                "support": support,
-                "predicted": count,
-                "precision": round(precision, 4),
-                "recall": round(recall, 4),
-                "f1": round(f1, 4),
-            }
-        )
-    return rows
-
-
-def residual_table(predictions: torch.Tensor, targets: torch.Tensor, names: Sequence[str]) -> list[dict]:
-    """Regression, per target in its own units: MAE, RMSE, bias (mean of prediction - truth), largest |residual|."""
-    residuals = (predictions.double() - targets.double()).reshape(len(predictions), -1)
-    return [
-        {
-            "target": name,
-            "mae": round(float(r.abs().mean()), 6),
-            "rmse": round(float(r.pow(2).mean().sqrt()), 6),
-            "bias": round(float(r.mean()), 6),
-            "max_abs": round(float(r.abs().max()), 6),
-        }
-        for name, r in zip(names, residuals.unbind(1), strict=True)
-    ]
-
-
-def iou_table(matrix: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
-    """Segmentation, per class from the pixel confusion matrix: IoU and its share of the pixels, true and predicted."""
-    matrix = matrix.double()
-    total = matrix.sum().clamp(min=1)
-    true, predicted, hits = matrix.sum(1), matrix.sum(0), matrix.diagonal()
-    union = true + predicted - hits
-    return [
-        {
-            "class": name,
-            "iou": round(float(hits[c] / union[c]), 4) if union[c] > 0 else None,  # None: absent and never predicted
-            "true_share": round(float(true[c] / total), 4),
-            "predicted_share": round(float(predicted[c] / total), 4),
-        }
-        for c, name in enumerate(class_names)
-    ]
-
-
-def mask_image(mask: torch.Tensor) -> Image.Image:
-    """A class map [H, W] in PALETTE colours (class 0 black)."""
-    palette = torch.tensor(PALETTE, dtype=torch.uint8)
-    return Image.fromarray(palette[mask.long() % len(PALETTE)].numpy())
-
-
-def _describe(task_type: str, task: Any, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
-    """One sample's true and predicted target as text (and how sure the prediction is, for classification)."""
-    names = task.class_names
-    if task_type in ("multiclass", "binary"):
-        probabilities = task.activation(output[None])[0].float()
-        if task_type == "binary":
-            positive = float(probabilities.reshape(()))
-            predicted, confidence = int(positive > 0.5), max(positive, 1 - positive)
-        else:
-            confidence, predicted = (float(v) for v in probabilities.max(dim=-1))
-        return {"true": names[int(target)], "predicted": names[int(predicted)], "confidence": round(confidence, 4)}
-    if task_type == "multilabel":
-        true = [n for n, t in zip(names, target.tolist(), strict=True) if t > 0.5]
-        predicted = [n for n, o in zip(names, output.tolist(), strict=True) if o > 0]
-        return {"true": ", ".join(true) or "(none)", "predicted": ", ".join(predicted) or "(none)"}
-    if task_type == "regression":
-        true = task.activation(target.reshape(1, -1).float())[0].tolist()  # back to the target's units
-        predicted = task.activation(output[None])[0].tolist()
-        return {"true": ", ".join(f"{v:.4g}" for v in true), "predicted": ", ".join(f"{v:.4g}" for v in predicted)}
-    present = [names[c] for c in torch.unique(target.long()).tolist()]  # segmentation: class maps
-    found = [names[c] for c in torch.unique(output.long()).tolist()]
-    pixel_error = float((output.long() != target.long()).float().mean())
-    return {"true": ", ".join(present), "predicted": ", ".join(found), "pixel_error": round(pixel_error, 4)}
-
-
-def worst_examples(task_type: str, task: Any, evaluation: SplitEvaluation, k: int) -> list[dict[str, Any]]:
+def worst_examples(task: Task, evaluation: SplitEvaluation, k: int) -> list[dict[str, Any]]:
     """The k samples with the highest loss, worst first: id, loss, true and predicted target."""
     worst = evaluation.losses.topk(min(k, len(evaluation.losses))).indices.tolist()
     return [
         {
             "id": evaluation.ids[i],
             "loss": round(float(evaluation.losses[i]), 4),
-            **_describe(task_type, task, evaluation.outputs[i], evaluation.targets[i]),
+            **task.describe_example(evaluation.outputs[i], evaluation.targets[i]),
         }
         for i in worst
     ]
@@ -233,9 +152,7 @@ def worst_examples(task_type: str, task: Any, evaluation: SplitEvaluation, k: in
 
 def input_summary(datamodule: pl.LightningDataModule, max_columns: int = 6, width: int = 80) -> dict[str, str]:
     """id -> the first tabular / sequence input cells of each row, as the CSV holds them ("x0=1.2, colour=red")."""
-    hp = datamodule.hparams
-    columns = [*(hp.get("numeric_columns") or []), *(hp.get("categorical_columns") or [])]
-    columns += [hp.sequence_column] if hp.get("sequence_column") else []
+    columns = datamodule.input_columns()
     if not columns:
         return {}
     summary = {}
@@ -246,59 +163,16 @@ def input_summary(datamodule: pl.LightningDataModule, max_columns: int = 6, widt
     return summary
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def analyze(
-    task_type: str, task: Any, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, worst_k: int = 16
+    task: Task, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, worst_k: int = 16
 ) -> tuple[dict[str, Any], str, dict[str, Image.Image]]:
     """The error analysis of one split: (what diagnosis.json holds, the Markdown section, images by file stem)."""
-    split, names = evaluation.split, task.class_names
-    analysis: dict[str, Any] = {"split": split}
-    images: dict[str, Image.Image] = {}
-    lines = ["", f"## Error analysis ({split})", ""]
-    if task_type in ("multiclass", "binary", "segmentation"):
-        matrix = confusion_matrix(class_predictions(task_type, evaluation.outputs), evaluation.targets, len(names))
-        pairs = most_confused(matrix, names)
-        analysis.update(confusion_matrix=matrix.tolist(), most_confused=pairs)
-        images["confusion_matrix"] = confusion_matrix_image(matrix, names)
-        unit = "pixels" if task_type == "segmentation" else "samples"
-        if task_type == "segmentation":
-            analysis["per_class"] = table = iou_table(matrix, names)
-            lines += ["IoU per class (share of the pixels: true / predicted):", ""]
-            lines += ["| class | IoU | true share | predicted share |", "|---|---:|---:|---:|"]
-            lines += [
-                f"| {_cell(r['class'])} | {'-' if r['iou'] is None else format(r['iou'], '.3f')} | "
-                f"{r['true_share']:.3f} | {r['predicted_share']:.3f} |"
-                for r in table
-            ]
-            lines.append("")
-        lines += [f"Most-confused pairs (true -> predicted: {unit}):", ""]
-        lines += [f"- {p['true']} -> {p['predicted']}: {p['count']}" for p in pairs] or [f"- none: no {split} errors"]
-        lines += ["", f"Confusion matrix ({unit}): confusion_matrix.png (rows: true class, columns: predicted).", ""]
-    elif task_type == "multilabel":
-        analysis["per_label"] = table = per_label_table(evaluation.outputs, evaluation.targets, names)
-        lines += ["Per label (threshold 0.5):", ""]
-        lines += ["| label | support | predicted | precision | recall | F1 |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [
-            f"| {_cell(r['label'])} | {r['support']} | {r['predicted']} | {r['precision']:.3f} | {r['recall']:.3f} | "
-            f"{r['f1']:.3f} |"
-            for r in table
-        ]
-        lines.append("")
-    elif task_type == "regression":
-        predictions, targets = task.activation(evaluation.outputs), task.activation(evaluation.targets.float())
-        analysis["residuals"] = table = residual_table(predictions, targets, names)
-        lines += ["Residuals (prediction - truth) per target, in its units:", ""]
-        lines += ["| target | MAE | RMSE | bias | largest abs |", "|---|---:|---:|---:|---:|"]
-        lines += [
-            f"| {_cell(r['target'])} | {r['mae']:.4g} | {r['rmse']:.4g} | {r['bias']:+.4g} | {r['max_abs']:.4g} |"
-            for r in table
-        ]
-        lines.append("")
+    split = evaluation.split
+    section, section_lines, images = task.analyze_errors(evaluation)
+    analysis: dict[str, Any] = {"split": split, **section}
+    lines = ["", f"## Error analysis ({split})", "", *section_lines]
 
-    examples = worst_examples(task_type, task, evaluation, worst_k)
+    examples = worst_examples(task, evaluation, worst_k)
     summary = input_summary(datamodule)
     for example in examples:
         if summary:
@@ -315,17 +189,18 @@ def analyze(
         "|---:|" + "".join("---:|" if c in numeric else "---|" for c in columns),
     ]
     for k, example in enumerate(examples, 1):
-        cells = [f"{example[c]:.3f}" if isinstance(example[c], float) else _cell(example[c]) for c in columns]
+        cells = [f"{example[c]:.3f}" if isinstance(example[c], float) else markdown_cell(example[c]) for c in columns]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     if has_images and examples:
-        images["worst_examples"] = worst_examples_image(task_type, datamodule, evaluation, examples)
+        images["worst_examples"] = worst_examples_image(task, datamodule, evaluation, examples)
     return analysis, "\n".join(lines) + "\n", images
 
 
 def example_tiles(
-    task_type: str, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, examples: list[dict[str, Any]]
+    task: Task, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, examples: list[dict[str, Any]]
 ) -> list[list[Image.Image]]:
-    """Per example, what the model saw: [image], or for segmentation [image, true mask, predicted mask]."""
+    """Per example, what the model saw, as the task draws it (`task.example_tiles`): [image], or e.g. for
+    segmentation [image, true mask, predicted mask]."""
     dataset = eval_dataset(datamodule, evaluation.split)
     position = {row.id: i for i, row in enumerate(dataset.rows)}
     index = {sample: i for i, sample in enumerate(evaluation.ids)}
@@ -333,23 +208,15 @@ def example_tiles(
     tiles = []
     for example in examples:
         item = dataset[position[example["id"]]]
-        tiles.append([denormalize(item["image"], config.mean, config.std)])
-        if task_type == "segmentation":
-            tiles[-1] += [mask_image(item["target"]), mask_image(evaluation.outputs[index[example["id"]]])]
+        image = denormalize(item["image"], config.mean, config.std)
+        tiles.append(task.example_tiles(image, item["target"], evaluation.outputs[index[example["id"]]]))
     return tiles
 
 
 def worst_examples_image(
-    task_type: str, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, examples: list[dict[str, Any]]
+    task: Task, datamodule: pl.LightningDataModule, evaluation: SplitEvaluation, examples: list[dict[str, Any]]
 ) -> Image.Image:
-    """The examples' images as the model saw them; segmentation: image, true mask, predicted mask side by side."""
-    captions = []
-    for example in examples:
-        if task_type == "segmentation":
-            captions += [f"loss {example['loss']:.3f}", "true", f"pred {example['pixel_error']:.0%} wrong"]
-        elif "confidence" in example:
-            captions.append(f"true {example['true']}\npred {example['predicted']} {example['confidence']:.2f}")
-        else:
-            captions.append(f"true {example['true']}\npred {example['predicted']}")
-    tiles = [tile for row in example_tiles(task_type, datamodule, evaluation, examples) for tile in row]
-    return image_grid(tiles, captions, columns=6 if task_type == "segmentation" else 4)
+    """The examples' pictures with the task's captions (`task.example_captions`), at least two examples a row."""
+    captions = [caption for example in examples for caption in task.example_captions(example)]
+    tiles = [tile for row in example_tiles(task, datamodule, evaluation, examples) for tile in row]
+    return image_grid(tiles, captions, columns=max(4, 2 * len(task.example_pictures)))

@@ -103,7 +103,7 @@ def eval_dataset(datamodule: pl.LightningDataModule, split: str, max_samples: in
 def eval_loader(datamodule: pl.LightningDataModule, dataset: RowDataset) -> DataLoader:
     return DataLoader(
         dataset,
-        batch_size=datamodule.hparams.batch_size,
+        batch_size=datamodule.batch_size,
         shuffle=False,
         num_workers=datamodule.num_workers,
         pin_memory=torch.cuda.is_available(),

@@ -50,14 +50,6 @@ FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 RESULT_FILE = "export.json"
 # Opset 17 has LayerNormalization as one op and runs on onnxruntime >= 1.14 and TensorRT >= 8.6.
 ONNX_OPSET = 17
-# What the exported output holds, per task type (a task added to tasks/ gets the generic description).
-OUTPUTS = {
-    "multiclass": ("probabilities", "probability of each class (softmax), [batch, classes]"),
-    "binary": ("probabilities", "probability of the positive class, class_names[1] (sigmoid), [batch, 1]"),
-    "multilabel": ("probabilities", "probability of each label (sigmoid), [batch, labels]"),
-    "regression": ("values", "predicted values in the targets' own units, [batch, targets]"),
-    "segmentation": ("probabilities", "probability of each class per pixel (softmax), [batch, classes, height, width]"),
-}
 
 
 def input_names(batch: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -348,9 +340,8 @@ def export_network(
     """Export `model` (the project's Model with its weights loaded) and check every file against it.
 
     Args:
-        model: gives `network`, `task` (its activation, class names) and `inputs` (the batch keys it reads;
-            contract.py);
-            moved to the CPU in float32 and eval mode.
+        model: gives `network`, `task` (its activation, class names, name and what its output holds) and
+            `inputs` (the batch keys it reads; contract.py); moved to the CPU in float32 and eval mode.
         dataset: samples for the example and check batches (the val split).
         output_dir: where the files and export.json go.
         formats: "torchscript", "onnx" or both.
@@ -376,16 +367,16 @@ def export_network(
     with torch.no_grad():
         expected = [deployed(*inputs) for inputs in checks]
         output_shape = ["batch", *deployed(*example).shape[1:]]
-    task_type = getattr(model.hparams, "task", "")
-    output_name, meaning = OUTPUTS.get(task_type, ("outputs", f"{type(task).__name__}.activation of the outputs"))
+    # What the output holds, as the task names it (a task without a description: the generic one).
+    meaning = task.output_meaning or f"{type(task).__name__}.activation of the outputs"
     description = {
-        "task": task_type,
+        "task": task.name,
         "class_names": list(task.class_names),
         "inputs": [
             {"name": name, "shape": ["batch", *tensor.shape[1:]], "dtype": str(tensor.dtype).removeprefix("torch.")}
             for name, tensor in zip(names, example, strict=True)
         ],
-        "output": {"name": output_name, "shape": output_shape, "meaning": meaning},
+        "output": {"name": task.output_name, "shape": output_shape, "meaning": meaning},
     }
     meta = json.dumps(description)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
     python -m PACKAGE cv --folds 5 --config configs/default.yaml --config configs/toy.yaml
 
 Each run is an ordinary `fit` with every argument given here plus its seed (`--seed_everything`) or fold
-(`--data.num_folds K --data.fold k`), in its own run folder; the report folder `runs/<time>-repeat-<id>/` (or
+(`--data.splits.num_folds K --data.splits.fold k`), in its own run folder; the report folder `runs/<time>-repeat-<id>/` (or
 `-cv-`) lists them in `repeat.json` / `repeat.md` (`cv.json` / `cv.md`): each run's optimizing metric at its kept
 checkpoint, from the run's summary.json, and the mean ± sample standard deviation.
 
@@ -95,7 +95,7 @@ def cv_main(argv: list[str], fit: Fit) -> dict[str, Any]:
     parser = _parser(
         "cv",
         "K-fold cross-validation: one fit per fold (fold k of the non-test data validates, the test split is kept "
-        "aside); report each fold's metric and mean ± std. Folds are fixed by data.split_seed, stratified by class "
+        "aside); report each fold's metric and mean ± std. Folds are fixed by data.splits.seed, stratified by class "
         "for multiclass and binary.",
     )
     parser.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
@@ -104,7 +104,7 @@ def cv_main(argv: list[str], fit: Fit) -> dict[str, Any]:
         parser.error(f"--folds={args.folds}: must be >= 2")
     results = []
     for fold in range(args.folds):
-        extra = ["--data.num_folds", str(args.folds), "--data.fold", str(fold)]
+        extra = ["--data.splits.num_folds", str(args.folds), "--data.splits.fold", str(fold)]
         results.append({"fold": fold, **_fit_one(fit, rest, extra, f"cv fold {fold + 1}/{args.folds}")})
     return _report("cv", results)
 

@@ -87,7 +87,10 @@ class Schedule:
         if self.name not in SCHEDULES:
             raise ProjectError(f"model.lr_scheduler.name={self.name!r} is not one of {', '.join(SCHEDULES)}")
         if self.warmup_steps is not None and self.warmup_epochs is not None:
-            raise ProjectError("model.lr_scheduler.warmup_steps and model.lr_scheduler.warmup_epochs are both set: set one (or neither)")
+            raise ProjectError(
+                "model.lr_scheduler.warmup_steps and model.lr_scheduler.warmup_epochs are both set: "
+                "set one (or neither)"
+            )
         if not 0 <= self.warmup_fraction < 1:
             raise ProjectError(f"model.lr_scheduler.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         if (self.warmup_steps or 0) < 0 or (self.warmup_epochs or 0) < 0:
@@ -96,11 +99,13 @@ class Schedule:
             raise ProjectError(f"model.lr_scheduler.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.restart_epochs < 1 or self.restart_mult < 1:
             raise ProjectError(
-                f"model.lr_scheduler.restart_epochs={self.restart_epochs} and model.lr_scheduler.restart_mult={self.restart_mult} must be >= 1"
+                f"model.lr_scheduler.restart_epochs={self.restart_epochs} and "
+                f"model.lr_scheduler.restart_mult={self.restart_mult} must be >= 1"
             )
         if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
             raise ProjectError(
-                f"model.lr_scheduler.step_epochs={self.step_epochs} must be >= 1 and model.lr_scheduler.step_gamma={self.step_gamma} in (0, 1]"
+                f"model.lr_scheduler.step_epochs={self.step_epochs} must be >= 1 and "
+                f"model.lr_scheduler.step_gamma={self.step_gamma} in (0, 1]"
             )
 
     def cycle_ends(self, max_epochs: int) -> list[int]:
@@ -166,7 +171,8 @@ class Schedule:
     def _per_epoch(self, per_epoch: int | None) -> int:
         if per_epoch is None:
             raise ProjectError(
-                f"model.lr_scheduler.name={self.name!r} / model.lr_scheduler.warmup_epochs count epochs, but the train data has no length "
-                "(an iterable dataset): use model.lr_scheduler.warmup_steps and the cosine, onecycle or constant schedule"
+                f"model.lr_scheduler.name={self.name!r} / model.lr_scheduler.warmup_epochs count epochs, but the train "
+                "data has no length (an iterable dataset): use model.lr_scheduler.warmup_steps and the cosine, "
+                "onecycle or constant schedule"
             )
         return per_epoch

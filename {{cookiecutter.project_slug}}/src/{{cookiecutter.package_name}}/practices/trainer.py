@@ -40,7 +40,7 @@ class ProjectTrainer(Trainer):
         result = baselines.run_baselines(model.task, datamodule, feature_size, steps, max_train_samples)
         run_dir = Path(self.default_root_dir)
         runs.write_json(run_dir / baselines.RESULT_FILE, result)
-        markdown = baselines.to_markdown(result)
+        markdown = baselines.to_markdown(result, model.task)
         (run_dir / "baseline.md").write_text(f"# Baselines\n\n{markdown}", encoding="utf-8")
         print(f"\n{markdown}\nBaselines written to {run_dir / baselines.RESULT_FILE}")
         return result
@@ -109,7 +109,7 @@ class ProjectTrainer(Trainer):
         num_training: int = 100,
         early_stop_threshold: float | None = 4.0,
     ) -> dict[str, Any]:
-        """Learning-rate range test: loss vs LR plot, suggested --model.lr (the model's weights stay unchanged).
+        """Learning-rate range test: loss vs LR plot, suggested --model.optimizer.lr (the model's weights stay unchanged).
 
         Args:
             model: trained from its current weights for the sweep, then restored.

@@ -47,13 +47,21 @@ class TestTimeAugmentation(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.mode and "image" not in pl_module.inputs:
-            raise ProjectError(f"tta.mode={self.mode!r} augments images; this model's inputs are {', '.join(pl_module.inputs)}")
+            raise ProjectError(
+                f"tta.mode={self.mode!r} augments images; this model's inputs are {', '.join(pl_module.inputs)}"
+            )
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.metrics = pl_module.task.metrics().clone(prefix="test_tta/").to(pl_module.device)
 
     def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         task = pl_module.task
         averaged = outputs_from_activations(task, tta_activations(pl_module, batch, self.mode))
@@ -65,7 +73,13 @@ class TestTimeAugmentation(pl.Callback):
         self.metrics.reset()
 
     def on_predict_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         # The prediction writer runs after this callback (the CLI puts recipes first) and writes the average.
         outputs["outputs"] = tta_activations(pl_module, batch, self.mode).float().cpu()

@@ -7,13 +7,20 @@ probability is above 0.5 (the same threshold torchmetrics uses, so predictions, 
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
+from ..data.toy import ToyRows
+from ..practices.baselines import frequency_logits
+from ..practices.error_analysis import confusion_matrix, confusion_section
+from ..practices.evaluation import SplitEvaluation
 from . import PROBABILITY_EPS, Task
 
 
@@ -23,6 +30,7 @@ class BinaryTask(Task):
     pos_weight: weight of positive samples in the loss, e.g. n_negative / n_positive for rare positives.
     """
 
+    name = "binary"
     monitor = "auroc"
     mode = "max"
     class_folder_labels = True
@@ -99,3 +107,52 @@ class BinaryTask(Task):
                 }
             )
         return rows
+
+    # --- diagnosis, baselines, error analysis, export ---------------------------------------------------------------
+    error_meaning = "the fraction of samples misclassified (threshold 0.5)"
+    look_at = "the confusion matrix"
+    output_name = "probabilities"
+    output_meaning = "probability of the positive class, class_names[1] (sigmoid), [batch, 1]"
+
+    def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
+        """The logit of the positive class's training frequency."""
+        return frequency_logits(targets)
+
+    def describe_constant(self, constant: torch.Tensor) -> str:
+        names, p = self.class_names, float(constant.sigmoid())
+        return f"always `{names[int(p > 0.5)]}` (P({names[1]}) = {p:.3f}, its training frequency)"
+
+    def majority_class(self, constant: torch.Tensor) -> str | None:
+        return self.class_names[int(constant.item() > 0)]
+
+    def analyze_errors(self, evaluation: SplitEvaluation) -> tuple[dict[str, Any], list[str], dict[str, Image.Image]]:
+        """The 2x2 confusion matrix and the most-confused pairs."""
+        predictions = (self._logits(evaluation.outputs) > 0).long()
+        matrix = confusion_matrix(predictions, evaluation.targets, len(self.class_names))
+        return confusion_section(matrix, self.class_names, evaluation.split)
+
+    def describe_example(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+        positive = float(self.activation(output[None])[0].float().reshape(()))
+        predicted, confidence = int(positive > 0.5), max(positive, 1 - positive)
+        names = self.class_names
+        return {"true": names[int(target)], "predicted": names[predicted], "confidence": round(confidence, 4)}
+
+    # --- toy data ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def toy_classes(cls, modalities: Sequence[str], classes: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Two shapes where the image alone decides the class (class folders), negative / positive otherwise."""
+        shapes_only = tuple(modalities) == ("image",)
+        classes = tuple(classes or (("circle", "square") if shapes_only else ("negative", "positive")))
+        if len(classes) != 2:
+            raise ValueError(f"binary needs exactly 2 classes, got {classes}")
+        return classes
+
+    @classmethod
+    def toy_description(cls, classes: Sequence[str]) -> str:
+        return f"target = {' | '.join(classes)} (positive: {classes[-1]})"
+
+    @classmethod
+    def toy_row(cls, toy: ToyRows, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        """Class `index % 2` (every split holds both classes equally often), shown by latents in its bin."""
+        latents = toy.class_latents(index, rng)
+        return {"target": toy.classes[index % toy.k], **toy.inputs(split, index, latents, rng)}

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ..data.toy import NAMES, ToyRows
+from ..data.toy_shapes import CLASSES
+from ..practices.baselines import log_frequencies
+from ..practices.error_analysis import confusion_matrix, confusion_section
+from ..practices.evaluation import SplitEvaluation
 from . import PROBABILITY_EPS, Task
 
 
@@ -19,6 +27,7 @@ class MulticlassTask(Task):
     label_smoothing: cross-entropy label smoothing (0 = off), e.g. 0.1; also smooths mixup / cutmix targets.
     """
 
+    name = "multiclass"
     monitor = "acc"
     mode = "max"
     class_folder_labels = True
@@ -87,3 +96,49 @@ class MulticlassTask(Task):
             row.update({f"prob_{name}": round(p, 6) for name, p in zip(self.class_names, probs, strict=True)})
             rows.append(row)
         return rows
+
+    # --- diagnosis, baselines, error analysis, export ---------------------------------------------------------------
+    error_meaning = "the fraction of samples misclassified"
+    look_at = "the most-confused pairs"
+    regularizers = ("`model.task.label_smoothing`",)
+    output_name = "probabilities"
+    output_meaning = "probability of each class (softmax), [batch, classes]"
+
+    def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
+        """Log class frequencies: the most frequent training class wins."""
+        return log_frequencies(torch.bincount(targets.flatten().long(), minlength=self.num_outputs))
+
+    def describe_constant(self, constant: torch.Tensor) -> str:
+        return f"always `{self.majority_class(constant)}`, the most frequent training class"
+
+    def majority_class(self, constant: torch.Tensor) -> str | None:
+        return self.class_names[int(constant.argmax())]
+
+    def analyze_errors(self, evaluation: SplitEvaluation) -> tuple[dict[str, Any], list[str], dict[str, Image.Image]]:
+        """The confusion matrix and the most-confused pairs."""
+        matrix = confusion_matrix(evaluation.outputs.argmax(dim=-1), evaluation.targets, self.num_classes)
+        return confusion_section(matrix, self.class_names, evaluation.split)
+
+    def describe_example(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+        confidence, predicted = (float(v) for v in self.activation(output[None])[0].float().max(dim=-1))
+        names = self.class_names
+        return {"true": names[int(target)], "predicted": names[int(predicted)], "confidence": round(confidence, 4)}
+
+    # --- toy data ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def toy_classes(cls, modalities: Sequence[str], classes: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Shapes where the image alone decides the class (class folders), neutral names otherwise."""
+        classes = tuple(classes or (CLASSES if tuple(modalities) == ("image",) else NAMES[:4]))
+        if len(classes) < 2:
+            raise ValueError(f"multiclass needs at least 2 classes, got {classes}")
+        return classes
+
+    @classmethod
+    def toy_description(cls, classes: Sequence[str]) -> str:
+        return f"target = class name ({', '.join(classes)})"
+
+    @classmethod
+    def toy_row(cls, toy: ToyRows, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        """Class `index % k` (every split holds every class equally often), shown by latents in its bin."""
+        latents = toy.class_latents(index, rng)
+        return {"target": toy.classes[index % toy.k], **toy.inputs(split, index, latents, rng)}

@@ -8,15 +8,38 @@ them, and R2 is the average over outputs).
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
+from ..data.toy import COLOURS, SEQUENCE_COLUMN, ToyRows, filler_sentence, tabular_cells
+from ..data.toy_shapes import SHAPES
+from ..practices.error_analysis import markdown_cell
+from ..practices.evaluation import SplitEvaluation
 from . import Task
 
 LOSSES = ("mse", "huber")
+INTENSITIES = ("barely", "slightly", "somewhat", "fairly", "quite", "very", "extremely")  # toy sentences, in order
+
+
+def residual_table(predictions: torch.Tensor, targets: torch.Tensor, names: Sequence[str]) -> list[dict]:
+    """Per target in its own units: MAE, RMSE, bias (mean of prediction - truth), largest |residual|."""
+    residuals = (predictions.double() - targets.double()).reshape(len(predictions), -1)
+    return [
+        {
+            "target": name,
+            "mae": round(float(r.abs().mean()), 6),
+            "rmse": round(float(r.pow(2).mean().sqrt()), 6),
+            "bias": round(float(r.mean()), 6),
+            "max_abs": round(float(r.abs().max()), 6),
+        }
+        for name, r in zip(names, residuals.unbind(1), strict=True)
+    ]
 
 
 class RegressionTask(Task):
@@ -26,11 +49,15 @@ class RegressionTask(Task):
     loss: "mse" or "huber" (less sensitive to outliers).
     """
 
+    name = "regression"
     monitor = "rmse"
     mode = "min"
 
     def __init__(
-        self, class_names: list[str] | None = None, target_stats: dict[str, list[float]] | None = None, loss: str = "mse"
+        self,
+        class_names: list[str] | None = None,
+        target_stats: dict[str, list[float]] | None = None,
+        loss: str = "mse",
     ):
         if loss not in LOSSES:
             raise ValueError(f"model.task loss={loss!r} is not one of {', '.join(LOSSES)}")
@@ -122,3 +149,74 @@ class RegressionTask(Task):
             {f"pred_{name}": float(f"{v:.7g}") for name, v in zip(self.class_names, values, strict=True)}
             for values in activated.tolist()
         ]
+
+    # --- diagnosis, baselines, error analysis, export ---------------------------------------------------------------
+    error_meaning = (
+        "RMSE in units of each target's train standard deviation, averaged over targets "
+        "(1.0 = as good as predicting the train mean)"
+    )
+    error_is_rate = False
+    linear_baseline = "linear regression"
+    look_at = "the residuals per target"
+    output_name = "values"
+    output_meaning = "predicted values in the targets' own units, [batch, targets]"
+
+    def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
+        """The training mean of every (standardized) target."""
+        return targets.double().reshape(len(targets), -1).mean(0).float()
+
+    def describe_constant(self, constant: torch.Tensor) -> str:
+        values = self.activation(constant[None])[0].tolist()  # back to the target's units
+        means = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.class_names, values, strict=True))
+        return f"the training mean of every target ({means})"
+
+    def analyze_errors(self, evaluation: SplitEvaluation) -> tuple[dict[str, Any], list[str], dict[str, Image.Image]]:
+        """The residuals per target, in its units: MAE, RMSE, bias and the largest."""
+        predictions, targets = self.activation(evaluation.outputs), self.activation(evaluation.targets.float())
+        table = residual_table(predictions, targets, self.class_names)
+        lines = ["Residuals (prediction - truth) per target, in its units:", ""]
+        lines += ["| target | MAE | RMSE | bias | largest abs |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"| {markdown_cell(r['target'])} | {r['mae']:.4g} | {r['rmse']:.4g} | {r['bias']:+.4g} | "
+            f"{r['max_abs']:.4g} |"
+            for r in table
+        ]
+        return {"residuals": table}, [*lines, ""], {}
+
+    def describe_example(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+        true = self.activation(target.reshape(1, -1).float())[0].tolist()  # back to the target's units
+        predicted = self.activation(output[None])[0].tolist()
+        return {"true": ", ".join(f"{v:.4g}" for v in true), "predicted": ", ".join(f"{v:.4g}" for v in predicted)}
+
+    # --- toy data ---------------------------------------------------------------------------------------------------
+    toy_target_columns = ("target", "target_2")
+
+    @classmethod
+    def toy_classes(cls, modalities: Sequence[str], classes: Sequence[str] | None = None) -> tuple[str, ...]:
+        """No classes: the outputs are the target columns."""
+        return ()
+
+    @classmethod
+    def toy_description(cls, classes: Sequence[str]) -> str:
+        return "target, target_2 = numbers"
+
+    @classmethod
+    def toy_row(cls, toy: ToyRows, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        """Every input adds to both targets: the image its shape's size and which shape, a tabular row x0 and its
+        colour, a sentence its intensity word and its length."""
+        row, first, second = {}, 0.0, 0.0  # every input adds 4 * u (in [0, 4]) and 3 * v (in [0, 3])
+        if "image" in toy.modalities:
+            u, shape = rng.random(), rng.randrange(4)
+            row |= toy.image(split, index, [SHAPES[shape]], rng, radii=[0.12 + 0.26 * u])
+            first, second = first + 4 * u, second + shape
+        if "tabular" in toy.modalities:
+            u, colour = rng.random(), rng.randrange(len(COLOURS))
+            row |= tabular_cells(4 * u - 2, COLOURS[colour], rng)
+            first, second = first + 4 * u, second + colour
+        if "sequence" in toy.modalities:
+            intensity, length = rng.randrange(len(INTENSITIES)), rng.randint(6, 12)
+            row[SEQUENCE_COLUMN] = filler_sentence([INTENSITIES[intensity]], rng, length)
+            first, second = first + 4 * intensity / (len(INTENSITIES) - 1), second + (length - 6) / 2
+        row["target"] = f"{first + rng.gauss(0, 0.1):.4f}"
+        row["target_2"] = f"{second + rng.gauss(0, 0.1):.4f}"
+        return row

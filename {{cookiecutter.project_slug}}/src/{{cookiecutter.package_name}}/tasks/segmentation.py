@@ -12,15 +12,72 @@ predicting them; averaging over all classes would instead let empty classes domi
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from ..data.toy import ToyRows
 from ..errors import DataError
+from ..practices.baselines import Constant, fit_linear, log_frequencies
+from ..practices.error_analysis import confusion_matrix, confusion_section, markdown_cell
+from ..practices.evaluation import SplitEvaluation
 from . import PROBABILITY_EPS, Task
+
+PIXELS_PER_IMAGE = 256  # the per-pixel linear baseline is fitted on this many training pixels sampled per image
+PALETTE = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+)  # fmt: skip
+
+
+def mask_image(mask: torch.Tensor) -> Image.Image:
+    """A class map [H, W] in PALETTE colours (class 0 black)."""
+    palette = torch.tensor(PALETTE, dtype=torch.uint8)
+    return Image.fromarray(palette[mask.long() % len(PALETTE)].numpy())
+
+
+def iou_table(matrix: torch.Tensor, class_names: Sequence[str]) -> list[dict]:
+    """Per class from the pixel confusion matrix: IoU and its share of the pixels, true and predicted."""
+    matrix = matrix.double()
+    total = matrix.sum().clamp(min=1)
+    true, predicted, hits = matrix.sum(1), matrix.sum(0), matrix.diagonal()
+    union = true + predicted - hits
+    return [
+        {
+            "class": name,
+            "iou": round(float(hits[c] / union[c]), 4) if union[c] > 0 else None,  # None: absent and never predicted
+            "true_share": round(float(true[c] / total), 4),
+            "predicted_share": round(float(predicted[c] / total), 4),
+        }
+        for c, name in enumerate(class_names)
+    ]
+
+
+class PixelFeatures(torch.nn.Module):
+    """A batch -> its normalized images [B, 3, H, W]: each pixel's colour is its feature vector."""
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["image"].float()
+
+    def describe(self) -> str:
+        return "the colour of each pixel (a 1x1 convolution on the normalized image)"
+
+
+def pixel_sample(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple:
+    """Up to PIXELS_PER_IMAGE random pixels of every image: colours [P, 3] and their classes [P]."""
+    pixels = images.movedim(1, -1).flatten(1, 2)  # [B, H*W, 3]
+    classes = masks.flatten(1)  # [B, H*W]
+    n = min(PIXELS_PER_IMAGE, classes.shape[1])
+    index = torch.stack([torch.randperm(classes.shape[1], generator=generator)[:n] for _ in range(len(images))])
+    colours = pixels.gather(1, index[..., None].expand(-1, -1, pixels.shape[-1]))
+    return colours.flatten(0, 1), classes.gather(1, index).flatten()
 
 
 class SegmentationTask(Task):
@@ -29,6 +86,7 @@ class SegmentationTask(Task):
     dice_weight: loss = cross-entropy + dice_weight * Dice.
     """
 
+    name = "segmentation"
     monitor = "miou"
     mode = "max"
     reads_masks = True  # the target is the image's mask, read by the image reader
@@ -132,3 +190,88 @@ class SegmentationTask(Task):
         if self.num_classes > 256:
             raise ValueError(f"{self.num_classes} classes do not fit a uint8 mask")
         return activated.argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+    # --- diagnosis, baselines, error analysis, export ---------------------------------------------------------------
+    error_meaning = "the fraction of pixels misclassified"
+    linear_baseline = "per-pixel logistic regression"
+    look_at = "the per-class IoU table"
+    example_pictures = ("image", "true mask", "predicted mask")
+    output_name = "probabilities"
+    output_meaning = "probability of each class per pixel (softmax), [batch, classes, height, width]"
+
+    def baseline_features(self, inputs: dict[str, dict[str, Any]], feature_size: int) -> torch.nn.Module:
+        return PixelFeatures()
+
+    def fit_baselines(self, train: Iterable[tuple], steps: int) -> dict[str, torch.nn.Module]:
+        """Every pixel counts for the class frequencies (the majority baseline: the most frequent pixel class); a
+        sample of them fits a per-pixel linear model, scored with the task's loss on 1x1 "images"."""
+        generator = torch.Generator().manual_seed(0)
+        colours, classes, counts = [], [], torch.zeros(self.num_outputs, dtype=torch.long)
+        for images, masks, _ in train:
+            pixels, labels = pixel_sample(images, masks, generator)
+            colours.append(pixels)
+            classes.append(labels)
+            counts += torch.bincount(masks.flatten(), minlength=self.num_outputs)
+
+        def loss(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return self.loss(outputs[:, :, None, None], target[:, None, None])
+
+        linear = fit_linear(torch.cat(colours), torch.cat(classes), self.num_outputs, loss, steps, pixelwise=True)
+        return {"majority": Constant(log_frequencies(counts)), "linear": linear}
+
+    def describe_constant(self, constant: torch.Tensor) -> str:
+        return f"every pixel `{self.majority_class(constant)}`, the most frequent training pixel class"
+
+    def majority_class(self, constant: torch.Tensor) -> str | None:
+        return self.class_names[int(constant.argmax())]
+
+    def analyze_errors(self, evaluation: SplitEvaluation) -> tuple[dict[str, Any], list[str], dict[str, Image.Image]]:
+        """IoU per class and the pixel confusion matrix (`evaluation.outputs` are the predicted class maps)."""
+        matrix = confusion_matrix(evaluation.outputs, evaluation.targets, self.num_classes)
+        table = iou_table(matrix, self.class_names)
+        lines = ["IoU per class (share of the pixels: true / predicted):", ""]
+        lines += ["| class | IoU | true share | predicted share |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {markdown_cell(r['class'])} | {'-' if r['iou'] is None else format(r['iou'], '.3f')} | "
+            f"{r['true_share']:.3f} | {r['predicted_share']:.3f} |"
+            for r in table
+        ]
+        analysis, confusion_lines, images = confusion_section(matrix, self.class_names, evaluation.split, "pixels")
+        return {**analysis, "per_class": table}, [*lines, "", *confusion_lines], images
+
+    def describe_example(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+        """The classes present in the true and the predicted class map, and the share of wrong pixels."""
+        present = [self.class_names[c] for c in torch.unique(target.long()).tolist()]
+        found = [self.class_names[c] for c in torch.unique(output.long()).tolist()]
+        pixel_error = float((output.long() != target.long()).float().mean())
+        return {"true": ", ".join(present), "predicted": ", ".join(found), "pixel_error": round(pixel_error, 4)}
+
+    def example_tiles(self, image: Image.Image, target: torch.Tensor, output: torch.Tensor) -> list[Image.Image]:
+        return [image, mask_image(target), mask_image(output)]
+
+    def example_captions(self, example: dict[str, Any]) -> list[str]:
+        return [f"loss {example['loss']:.3f}", "true", f"pred {example['pixel_error']:.0%} wrong"]
+
+    # --- toy data ---------------------------------------------------------------------------------------------------
+    toy_target_columns = ()  # the mask column is the target
+
+    @classmethod
+    def toy_classes(cls, modalities: Sequence[str], classes: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The background (mask value 0), then shapes."""
+        classes = tuple(classes or ("background", "circle", "square", "triangle"))
+        if len(classes) < 2:
+            raise ValueError(f"segmentation needs at least 2 classes, got {classes}")
+        return classes
+
+    @classmethod
+    def toy_description(cls, classes: Sequence[str]) -> str:
+        return f"mask = class index per pixel ({', '.join(f'{i} {c}' for i, c in enumerate(classes))})"
+
+    @classmethod
+    def toy_row(cls, toy: ToyRows, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        """The image shows one or two shapes, every other input one latent; each shape's class in the mask is its
+        latent shifted by the other inputs' latents."""
+        latents = {m: rng.sample(range(toy.k), rng.randint(1, 2) if m == "image" else 1) for m in toy.modalities}
+        shift = sum(z[0] for modality, z in latents.items() if modality != "image")
+        mask_values = [1 + (z + shift) % toy.k for z in latents["image"]]
+        return toy.inputs(split, index, latents, rng, mask_values=mask_values)

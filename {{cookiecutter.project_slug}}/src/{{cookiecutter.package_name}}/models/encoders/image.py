@@ -124,7 +124,9 @@ class ImageEncoder(nn.Module):
         config), for the data: `pretrained` says whether they were learned at that size (a size warning applies)."""
         cfg = timm.get_pretrained_cfg(backbone)
         if cfg is None:
-            raise PretrainedWeightsError(f"model.backbone={backbone!r} is not a timm model name (see timm.list_models())")
+            raise PretrainedWeightsError(
+                f"model.backbone={backbone!r} is not a timm model name (see timm.list_models())"
+            )
         interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
         return {
             "image_size": int(cfg.input_size[-1]),

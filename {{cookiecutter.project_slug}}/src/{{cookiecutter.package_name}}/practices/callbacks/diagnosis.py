@@ -1,10 +1,10 @@
 """After fit: is the model under-fitting, over-fitting or facing data mismatch, and what to try next.
 
 Evaluates the best checkpoint on train, train-dev, val and test (evaluation transform everywhere), compares the
-errors with a reference error (diagnosis.py), and looks at the val errors (error_analysis.py: per task, e.g. the
-most-confused classes, per-label F1, residuals or per-class IoU, and the worst examples). Writes `diagnosis.md`,
-`diagnosis.json` and the images (`confusion_matrix.png` for classes, `worst_examples.png` for image inputs) into
-the run folder and logs them. The `diagnose` command runs the same on a checkpoint.
+errors with a reference error (bias_variance.py), and looks at the val errors (error_analysis.py: the task's own
+analysis, e.g. the most-confused classes, per-label F1, residuals or per-class IoU, and the worst examples).
+Writes `diagnosis.md`, `diagnosis.json` and the images (`confusion_matrix.png` for classes, `worst_examples.png`
+for image inputs) into the run folder and logs them. The `diagnose` command runs the same on a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
+from ...errors import ProjectError
+from ...tasks import Task
 from .. import baselines
 from ..bias_variance import Diagnosis as Report
 from ..bias_variance import SplitErrors, diagnose, title, to_dict, to_markdown
 from ..error_analysis import analyze, example_tiles
-from ...errors import ProjectError
 from ..evaluation import SplitEvaluation, evaluate_split
 
 SPLITS = ("train", "train_dev", "val", "test")
@@ -36,7 +37,7 @@ class Diagnosis(pl.Callback):
 
     Args:
         reference_error: human-level error on this task (a proxy for the Bayes error), in the task's error units
-            (diagnosis.ERROR_MEANINGS: an error rate such as 0.02, or for regression an RMSE in train standard
+            (the task's `error_meaning`: an error rate such as 0.02, or for regression an RMSE in train standard
             deviations). None: the best val error of the newest `baseline` run in the runs folder (when
             `use_baseline`), else 0.
         use_baseline: fall back to the newest baseline result when `reference_error` is None.
@@ -112,23 +113,23 @@ class Diagnosis(pl.Callback):
         reference, reference_source, reference_notes = self.reference(run_dir.parent)
         errors = SplitErrors(reference, **{split: evaluation.error for split, evaluation in evaluations.items()})
         sizes = {split: len(evaluation.targets) for split, evaluation in evaluations.items()}
-        task_type = type(module.task).__module__.rpartition(".")[2]  # TEMPORARY until the task owns its analysis
+        task = module.task
         inputs = tuple(getattr(datamodule, "inputs", None) or module.inputs or ())
-        report = diagnose(errors, self.tolerance, reference_source, sizes, task_type, inputs)
+        report = diagnose(errors, self.tolerance, reference_source, sizes, task, inputs)
         report.notes.extend([*reference_notes, *(notes or [])])
         result = {**to_dict(report), "weights": source}
-        analysis, analysis_md, images = analyze(task_type, module.task, datamodule, evaluations["val"], self.worst_k)
+        analysis, analysis_md, images = analyze(task, datamodule, evaluations["val"], self.worst_k)
         result["error_analysis"] = analysis
-        markdown = f"# Diagnosis\n\nWeights: {source}\n\n{to_markdown(report)}{analysis_md}"
+        markdown = f"# Diagnosis\n\nWeights: {source}\n\n{to_markdown(report, task)}{analysis_md}"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "diagnosis.md").write_text(markdown, encoding="utf-8")
         (run_dir / "diagnosis.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
         for name, image in images.items():
             image.save(run_dir / f"{name}.png")
-        print(f"\nDiagnosis ({source}): {title(report)}\n\n{to_markdown(report)}")
+        print(f"\nDiagnosis ({source}): {title(report)}\n\n{to_markdown(report, task)}")
         print(f"Diagnosis written to {run_dir / 'diagnosis.md'}")
         self.log_to(trainer, report, markdown, images)
-        log_examples_table(trainer, task_type, datamodule, evaluations["val"], analysis["worst_examples"])
+        log_examples_table(trainer, task, datamodule, evaluations["val"], analysis["worst_examples"])
         return result
 
     def reference(self, runs_dir: Path) -> tuple[float, str, list[str]]:
@@ -169,7 +170,7 @@ EXAMPLE_COLUMNS = ("id", "inputs", "true", "predicted", "confidence", "pixel_err
 
 def log_examples_table(
     trainer: pl.Trainer,
-    task_type: str,
+    task: Task,
     datamodule: pl.LightningDataModule,
     evaluation: SplitEvaluation,
     examples: list[dict[str, Any]],
@@ -184,8 +185,8 @@ def log_examples_table(
     columns = [key for key in EXAMPLE_COLUMNS if key in examples[0]]
     pictures: list[str] = []
     if "image" in getattr(datamodule, "inputs", {}):
-        pictures = ["image", "true mask", "predicted mask"] if task_type == "segmentation" else ["image"]
-        tiles = example_tiles(task_type, datamodule, evaluation, examples)
+        pictures = list(task.example_pictures)
+        tiles = example_tiles(task, datamodule, evaluation, examples)
     rows = [
         [*(wandb.Image(tile) for tile in (tiles[i] if pictures else [])), *(example[key] for key in columns)]
         for i, example in enumerate(examples)

@@ -26,7 +26,6 @@ from torch.optim import Optimizer
 from ...errors import ProjectError
 from ..param_groups import backbone_stages, find_backbone, unfrozen_stage_count
 
-
 FINETUNE_MODES = ("finetune", "frozen", "gradual")
 
 
@@ -51,7 +50,8 @@ class StagedFinetuning(BaseFinetuning):
             raise ProjectError(f"finetuning.mode={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
         if unfreeze_after < 0 or unfreeze_every < 1:
             raise ProjectError(
-                f"finetuning.unfreeze_after={unfreeze_after} must be >= 0 and finetuning.unfreeze_every={unfreeze_every} >= 1"
+                f"finetuning.unfreeze_after={unfreeze_after} must be >= 0 and "
+                f"finetuning.unfreeze_every={unfreeze_every} >= 1"
             )
         self.mode = mode
         self.unfreeze_after = unfreeze_after
@@ -76,7 +76,8 @@ class StagedFinetuning(BaseFinetuning):
         backbone = find_backbone(pl_module.network)
         if backbone is None:
             raise ProjectError(
-                f"finetuning.mode={self.mode!r} / finetuning.freeze_bn need a pretrained backbone; this network has none"
+                f"finetuning.mode={self.mode!r} / finetuning.freeze_bn need a pretrained backbone; "
+                "this network has none"
             )
         return backbone
 

@@ -241,7 +241,7 @@ class TrainingMonitors(pl.Callback):
         where = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
         return (
             f"training loss is {kind} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
-            f"batch {self._batch_idx}); stopped before applying it, {where}. Try a lower model.lr, "
+            f"batch {self._batch_idx}); stopped before applying it, {where}. Try a lower model.optimizer.lr, "
             "trainer.gradient_clip_val or 32-true precision, and check the inputs for NaN"
         )
 
@@ -282,7 +282,7 @@ class TrainingMonitors(pl.Callback):
             self._warn_once(
                 "exploding",
                 f"exploding gradients: total gradient norm {total:.3g} > {self.exploding_grad_norm:g}; "
-                "lower model.lr or set trainer.gradient_clip_val",
+                "lower model.optimizer.lr or set trainer.gradient_clip_val",
             )
 
     def _warn_once(self, key: str, message: str) -> None:

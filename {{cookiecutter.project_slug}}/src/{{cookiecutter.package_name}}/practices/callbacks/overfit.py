@@ -60,7 +60,7 @@ class OverfitCheck(pl.Callback):
                     f"overfit one batch: FAIL (loss {self.loss:.4g} >= {self.threshold:g} after {epochs} epochs): "
                     "the model, the loss or the labels are broken (inputs paired with the wrong targets, a head "
                     "with the wrong number of outputs, a loss that gets probabilities instead of logits, frozen "
-                    "weights). If the loss is still falling, raise trainer.max_epochs or model.lr"
+                    "weights). If the loss is still falling, raise trainer.max_epochs or model.optimizer.lr"
                 )
         if trainer.is_global_zero:
             print(message, flush=True)

@@ -350,10 +350,7 @@ def input_columns(datamodule: Any) -> tuple[str | None, list[str]]:
     """The image column (None without images) and the other input columns of the project's DataModule."""
     inputs = getattr(datamodule, "inputs", {}) or {}
     image_column = getattr(inputs.get("image"), "column", None)
-    hp = getattr(datamodule, "hparams", {}) or {}
-    columns = [*(hp.get("numeric_columns") or []), *(hp.get("categorical_columns") or [])]
-    if "sequence" in inputs and hp.get("sequence_column"):
-        columns.append(hp["sequence_column"])
+    columns = datamodule.input_columns() if hasattr(datamodule, "input_columns") else []
     return image_column, [column for column in columns if column]
 
 
@@ -439,16 +436,11 @@ def log_image(trainer: pl.Trainer, key: str, image: Image.Image) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- callback
-class SanityChecks(pl.Callback):
-    """Checks the model, the first batch and the data splits once, before the first training step.
+@dataclass(frozen=True)
+class SanityLimits:
+    """Where the sanity checks draw the line between fine and a warning.
 
     Args:
-        init_loss: compare the first batch's loss at initialization with the task's chance loss.
-        inputs: NaN/Inf, range and per-channel mean/std of the first batch's float inputs; index ranges of
-            integer inputs (categories, token ids); padding masks.
-        labels: class counts per split; classes missing from a split; imbalance (classification only).
-        leakage: identical samples across splits (image files by content hash, other inputs by their values).
-        sample_grid: save `sample_batch.png` (denormalized training images with their targets) and log it.
         min_init_loss_ratio: warn when init loss / chance loss is below this.
         max_init_loss_ratio: warn when init loss / chance loss is above this.
         max_abs_mean: warn when a channel's mean is further than this from 0.
@@ -459,6 +451,29 @@ class SanityChecks(pl.Callback):
         grid_samples: how many training samples the grid shows.
     """
 
+    min_init_loss_ratio: float = 0.5
+    max_init_loss_ratio: float = 1.5
+    max_abs_mean: float = 3.0
+    max_std: float = 5.0
+    min_std: float = 0.2
+    max_imbalance: float = 10.0
+    max_leak_pairs: int = 5
+    grid_samples: int = 16
+
+
+class SanityChecks(pl.Callback):
+    """Checks the model, the first batch and the data splits once, before the first training step.
+
+    Args:
+        init_loss: compare the first batch's loss at initialization with the task's chance loss.
+        inputs: NaN/Inf, range and per-channel mean/std of the first batch's float inputs; index ranges of
+            integer inputs (categories, token ids); padding masks.
+        labels: class counts per split; classes missing from a split; imbalance (classification only).
+        leakage: identical samples across splits (image files by content hash, other inputs by their values).
+        sample_grid: save `sample_batch.png` (denormalized training images with their targets) and log it.
+        limits: the thresholds of the checks (SanityLimits), e.g. `limits: {max_imbalance: 20}`.
+    """
+
     def __init__(
         self,
         init_loss: bool = True,
@@ -466,14 +481,7 @@ class SanityChecks(pl.Callback):
         labels: bool = True,
         leakage: bool = True,
         sample_grid: bool = True,
-        min_init_loss_ratio: float = 0.5,
-        max_init_loss_ratio: float = 1.5,
-        max_abs_mean: float = 3.0,
-        max_std: float = 5.0,
-        min_std: float = 0.2,
-        max_imbalance: float = 10.0,
-        max_leak_pairs: int = 5,
-        grid_samples: int = 16,
+        limits: SanityLimits = SanityLimits(),  # noqa: B008 - frozen, so one shared default is safe
     ):
         super().__init__()
         self.enabled = {
@@ -483,11 +491,11 @@ class SanityChecks(pl.Callback):
             "leakage": leakage,
             "sample_grid": sample_grid,
         }
-        self.init_loss_range = (min_init_loss_ratio, max_init_loss_ratio)
-        self.input_limits = {"max_abs_mean": max_abs_mean, "max_std": max_std, "min_std": min_std}
-        self.max_imbalance = max_imbalance
-        self.max_leak_pairs = max_leak_pairs
-        self.grid_samples = grid_samples
+        self.init_loss_range = (limits.min_init_loss_ratio, limits.max_init_loss_ratio)
+        self.input_limits = {"max_abs_mean": limits.max_abs_mean, "max_std": limits.max_std, "min_std": limits.min_std}
+        self.max_imbalance = limits.max_imbalance
+        self.max_leak_pairs = limits.max_leak_pairs
+        self.grid_samples = limits.grid_samples
         self.results: list[CheckResult] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -194,7 +194,7 @@ def test_bad_image_size_schedule_fails_with_one_line(tiny_data: Path) -> None:
     schedule = {0: 2 * SIZE} if IMAGE else {0: 16}  # larger than the image size / no image at all
     with pytest.raises(DataError) as error:
         project_datamodule(tiny_data, image={"size_schedule": schedule})
-    assert "data.image_size_schedule" in str(error.value) and "\n" not in str(error.value)
+    assert "data.image.size_schedule" in str(error.value) and "\n" not in str(error.value)
 
 
 class BatchSizes(pl.Callback):
@@ -226,7 +226,7 @@ def test_progressive_resizing_follows_the_schedule_in_a_fit(tiny_data: Path) -> 
     )  # fmt: skip
     trainer.fit(project_model(data), datamodule=data)
     assert sizes.train == {0: {16}, 1: {16}, 2: {24}}
-    assert sizes.val == {SIZE}  # validation keeps data.image_size
+    assert sizes.val == {SIZE}  # validation keeps data.image.size
 
 
 # --- mixup / cutmix ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import TINY_BACKBONE, project_datamodule
 from {{ cookiecutter.package_name }}.data.datamodule import DataModule
 from {{ cookiecutter.package_name }}.data.image import IMAGENET_MEAN, IMAGENET_STD, ImageDataConfig
+from {{ cookiecutter.package_name }}.data.options import ImageInput, Splits
 from {{ cookiecutter.package_name }}.data.targets import ClassTarget
 from {{ cookiecutter.package_name }}.errors import DataError
 from {{ cookiecutter.package_name }}.models.encoders.image import ImageEncoder
@@ -57,9 +58,8 @@ def datamodule(root: Path, **kwargs) -> DataModule:
         root=str(root),
         task_class=MULTICLASS,
         image_config=image_config,
-        image_size=8,
+        image=ImageInput(size=8, augment=False),
         num_workers=0,
-        augment=False,
         **kwargs,
     )
 
@@ -80,7 +80,7 @@ def test_every_image_keeps_its_own_label_when_names_are_unsorted(tmp_path: Path)
 def test_missing_val_and_test_are_split_from_train_stratified_and_seeded(tmp_path: Path) -> None:
     write_coloured_images(tmp_path / "train", per_class=10)
     first, again = datamodule(tmp_path), datamodule(tmp_path)
-    other_seed = datamodule(tmp_path, split_seed=1)
+    other_seed = datamodule(tmp_path, splits=Splits(seed=1))
     assert first.splits == again.splits
     assert first.splits["val"] != other_seed.splits["val"]
     # test: 0.2 of 30 = 6; val: 0.2 of the 24 left = 4.8 -> 5; each split stratified (class counts within one).
@@ -107,14 +107,18 @@ def test_an_image_encoder_without_a_data_config_gets_imagenet_statistics_and_nee
     write_coloured_images(tmp_path / "train", per_class=4)
     for image_config in (None, {}):
         data = DataModule(
-            root=str(tmp_path), task_class=MULTICLASS, image_config=image_config, image_size=8, num_workers=0
+            root=str(tmp_path),
+            task_class=MULTICLASS,
+            image_config=image_config,
+            image=ImageInput(size=8),
+            num_workers=0,
         )
         assert (data.data_config.image_size, data.data_config.mean, data.data_config.std) == (
             8,
             IMAGENET_MEAN,
             IMAGENET_STD,
         )
-        with pytest.raises(DataError, match=r"data\.image_size is null and the image encoder names no input size"):
+        with pytest.raises(DataError, match=r"data\.image\.size is null and the image encoder names no input size"):
             DataModule(root=str(tmp_path), task_class=MULTICLASS, image_config=image_config, num_workers=0)
 
 

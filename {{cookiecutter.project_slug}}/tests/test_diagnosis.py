@@ -61,13 +61,13 @@ def test_next_steps_name_the_knobs_the_inputs_have() -> None:
     def text(problem: str, inputs: tuple[str, ...], task: Task | None = None) -> str:
         return " ".join(next_steps(problem, inputs, task))
 
-    assert "model.backbone" in text("avoidable_bias", ("image",)) and "data.augment" in text("variance", ("image",))
+    assert "image `backbone`" in text("avoidable_bias", ("image",)) and "data.image.augment" in text("variance", ("image",))
     for inputs in (("tabular",), ("sequence",), ("tabular", "sequence")):
         for problem in ("avoidable_bias", "variance", "data_mismatch"):
-            assert "backbone" not in text(problem, inputs) and "data.augment" not in text(problem, inputs)
-        assert "model.hidden_dim" in text("avoidable_bias", inputs) and "model.hidden_dim" in text("variance", inputs)
-    assert "model.fusion_dim" in text("avoidable_bias", ("image", "tabular"))
-    assert "data.numeric_columns" in text("variance", ("tabular",))
+            assert "backbone" not in text(problem, inputs) and "data.image.augment" not in text(problem, inputs)
+        assert "`hidden_dim`" in text("avoidable_bias", inputs) and "`hidden_dim`" in text("variance", inputs)
+    assert "`fusion_dim`" in text("avoidable_bias", ("image", "tabular"))
+    assert "data.tabular.numeric_columns" in text("variance", ("tabular",))
     assert "worst_examples.png" in text("data_mismatch", ("image",))
     assert "worst_examples.png" not in text("data_mismatch", ("tabular",))
     # The task's own: its regularizers, what of its error analysis to look at, mixing for tasks with soft targets.
@@ -90,7 +90,7 @@ def test_gaps_and_what_cannot_be_told_apart() -> None:
     # Without a train-dev split val - train holds variance and mismatch together, and the report says so.
     mixed = diagnose(SplitErrors(reference=0.0, train=0.02, val=0.20))
     assert mixed.gaps == pytest.approx({"avoidable_bias": 0.02, "variance": 0.18})
-    assert "data.train_dev_fraction" in mixed.next_steps[0]
+    assert "data.splits.train_dev_fraction" in mixed.next_steps[0]
     assert any("not separable" in note for note in mixed.notes)
 
     quiet = diagnose(SplitErrors(reference=0.02, train=0.025, val=0.03), tolerance=0.01)

@@ -72,6 +72,9 @@ def install_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ files left behind in src/
     # The registry imports the modules under models/ once per process: let it look again for the new file.
     monkeypatch.setattr(registry, "_discovered", False)
+    # Parts the recipe registers leave the registry with its file, so later tests in this process see the project's.
+    for kind, parts in registry._REGISTRY.items():
+        monkeypatch.setitem(registry._REGISTRY, kind, dict(parts))
 
     def install(name: str) -> list[str]:
         recipes = readme_recipes()

@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.slow] if "image" in MODALITIES else []
 
 # Config overrides that remove one input from the data (and so from the model).
 WITHOUT = {
-    "image": ["--data.image_column", "null"],
-    "tabular": ["--data.numeric_columns", "[]", "--data.categorical_columns", "[]"],
-    "sequence": ["--data.sequence_column", "null"],
+    "image": ["--data.image", "null"],
+    "tabular": ["--data.tabular", "null"],
+    "sequence": ["--data.sequence", "null"],
 }
 TRAINING = ["--trainer.max_epochs", "12", "--data.batch_size", "32", "--model.optimizer.lr", "3e-3"]
 TRAINING += ["--trainer.logger", "false"]
@@ -33,7 +33,7 @@ TRAINING += ["--trainer.logger", "false"]
 # 4 classes (the single inputs: 0.34-0.36); with 1500 it reached 0.75.
 IMAGE_SIZE = 48
 TRAIN_SAMPLES = 1500 if "image" in MODALITIES else 600
-TRAINING += ["--data.image_size", str(IMAGE_SIZE)] if "image" in MODALITIES else []
+TRAINING += ["--data.image.size", str(IMAGE_SIZE)] if "image" in MODALITIES else []
 ERROR_RATIO = 0.75  # the fused model's error at most this share of each single-input model's
 # No sanity checks, satisficing measurements or diagnosis: only the training this test compares.
 QUIET = ["--trainer.callbacks", "[]", "--checkpoint.monitor", f"val/{MONITOR}", "--checkpoint.mode", MODE]

@@ -59,7 +59,7 @@ def test_missing_val_and_test_csvs_are_carved_from_train_deterministically(data:
     sizes = {split: len(rows) for split, rows in first.splits.items()}
     assert sum(sizes.values()) == 36 and sizes["val"] >= 5 and sizes["test"] >= 5
     assert [r.id for r in first.splits["val"]] == [r.id for r in again.splits["val"]]
-    other = project_datamodule(data, split_seed=1)
+    other = project_datamodule(data, splits={"seed": 1})
     assert [r.id for r in other.splits["val"]] != [r.id for r in first.splits["val"]]
     ids = [{row.id for row in first.splits[split]} for split in ("train", "val", "test")]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])

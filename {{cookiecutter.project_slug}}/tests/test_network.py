@@ -17,6 +17,7 @@ from torch import nn
 
 from conftest import SEGMENTATION, TINY_BACKBONE, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
+from {{ cookiecutter.package_name }}.errors import DataError
 from {{ cookiecutter.package_name }}.models import registry
 from {{ cookiecutter.package_name }}.models.heads import LinearHead
 from {{ cookiecutter.package_name }}.models.network import DEFAULT_ENCODERS, Network
@@ -33,7 +34,7 @@ PLAIN_ENCODER = {"name": "torch.nn.Linear", "in_features": 3, "out_features": 4}
 @pytest.fixture()
 def model_and_batch(tiny_data) -> tuple[Model, dict]:
     torch.manual_seed(0)
-    data = project_datamodule(tiny_data, augment=False)
+    data = project_datamodule(tiny_data, **({"image": {"augment": False}} if "image" in MODALITIES else {}))
     return project_model(data), next(iter(data.train_dataloader()))
 
 
@@ -259,7 +260,6 @@ def test_data_config_of_an_encoder_without_one_is_empty() -> None:
 @needs_image
 def test_the_data_of_an_encoder_without_data_config_takes_imagenet_statistics_and_needs_a_size() -> None:
     from {{ cookiecutter.package_name }}.data.image import IMAGENET_MEAN, IMAGENET_STD, ImageDataConfig
-    from {{ cookiecutter.package_name }}.errors import DataError
 
     empty = Network.data_config(encoders={"image": PLAIN_ENCODER})
     for config in (empty, None):
@@ -272,4 +272,4 @@ def test_the_data_of_an_encoder_without_data_config_takes_imagenet_statistics_an
         )
         with pytest.raises(DataError) as error:
             ImageDataConfig.for_encoder(config)
-        assert "\n" not in str(error.value) and "data.image_size" in str(error.value)
+        assert "\n" not in str(error.value) and "data.image.size" in str(error.value)

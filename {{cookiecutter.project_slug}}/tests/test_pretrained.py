@@ -117,5 +117,5 @@ def test_an_image_size_far_from_the_pretrained_one_is_warned_about() -> None:
     assert size_warnings(None) == []  # null: the pretrained size itself
     assert size_warnings(160) == []
     (warning,) = size_warnings(32)
-    assert "224 px" in warning and "data.image_size=32" in warning
+    assert "224 px" in warning and "data.image.size=32" in warning
     assert size_warnings(32, pretrained=False) == []  # weights learned from scratch have no size to keep to

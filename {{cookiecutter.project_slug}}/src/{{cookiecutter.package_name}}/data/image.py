@@ -50,7 +50,7 @@ class ImageDataConfig:
         if config.get("pretrained") and trained_at and not trained_at / 2 < size < trained_at * 2:
             rank_zero_warn(
                 f"{source} was pretrained on {trained_at} px images but data.image.size={size}: pretrained "
-                f"features transfer poorly that far from their scale; use an image_size near {trained_at}, or "
+                f"features transfer poorly that far from their scale; use a data.image.size near {trained_at}, or "
                 "pretrained: false"
             )
         interpolation = config.get("interpolation", "bilinear")

@@ -86,7 +86,8 @@ def backbone_args(backbone: str, *options: str) -> list[str]:
     """Command-line flags that set the image backbone (and e.g. "pretrained_file=...") of the configured network."""
     pairs = [f"backbone={backbone}", *options]
     if SEGMENTATION:
-        return [flag for pair in pairs for flag in (f"--model.network.init_args.{pair.split('=')[0]}", pair.split("=", 1)[1])]
+        flags = [(f"--model.network.init_args.{pair.split('=')[0]}", pair.split("=", 1)[1]) for pair in pairs]
+        return [part for flag in flags for part in flag]
     # `encoders` is a dict, which a flag replaces whole: every input's entry is given, the image's changed.
     encoders = default_config("model")["init_args"]["network"]["init_args"]["encoders"]
     encoders["image"].update(pretrained=False, **dict(pair.split("=", 1) for pair in pairs))

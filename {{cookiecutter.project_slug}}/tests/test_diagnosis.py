@@ -61,7 +61,8 @@ def test_next_steps_name_the_knobs_the_inputs_have() -> None:
     def text(problem: str, inputs: tuple[str, ...], task: Task | None = None) -> str:
         return " ".join(next_steps(problem, inputs, task))
 
-    assert "image `backbone`" in text("avoidable_bias", ("image",)) and "data.image.augment" in text("variance", ("image",))
+    assert "image `backbone`" in text("avoidable_bias", ("image",))
+    assert "data.image.augment" in text("variance", ("image",))
     for inputs in (("tabular",), ("sequence",), ("tabular", "sequence")):
         for problem in ("avoidable_bias", "variance", "data_mismatch"):
             assert "backbone" not in text(problem, inputs) and "data.image.augment" not in text(problem, inputs)
@@ -154,7 +155,8 @@ def test_train_dev_split_is_seeded_stratified_and_never_trained_on(tiny_data: Pa
     train, train_dev = ids(split, "train"), ids(split, "train_dev")
     assert not train & train_dev and train | train_dev == full_train
     assert len(train_dev) == pytest.approx(0.25 * len(full_train), abs=len(split.class_names))
-    assert project_datamodule(tiny_data, splits={"train_dev_fraction": 0.25}).splits["train_dev"] == split.splits["train_dev"]
+    again = project_datamodule(tiny_data, splits={"train_dev_fraction": 0.25})
+    assert again.splits["train_dev"] == split.splits["train_dev"]
     assert ids(project_datamodule(tiny_data, splits={"train_dev_fraction": 0.25, "seed": 1}), "train_dev") != train_dev
     assert "train_dev" not in project_datamodule(tiny_data).splits
     assert len(split.train_dataloader().dataset) == len(train)

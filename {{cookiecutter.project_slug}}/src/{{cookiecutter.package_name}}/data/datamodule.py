@@ -221,7 +221,9 @@ class DataModule(pl.LightningDataModule):
         if self.tabular is not None and self.tabular.columns:
             from .tabular import TabularReader
 
-            readers["tabular"] = TabularReader(list(self.tabular.numeric_columns), list(self.tabular.categorical_columns))
+            readers["tabular"] = TabularReader(
+                list(self.tabular.numeric_columns), list(self.tabular.categorical_columns)
+            )
         if self.sequence is not None:
             from .sequence import SequenceReader
 

@@ -29,13 +29,15 @@ class TabularReader:
     def __init__(self, numeric_columns: list[str], categorical_columns: list[str]):
         if not numeric_columns and not categorical_columns:
             raise ValueError(
-                "tabular input needs at least one column: set data.tabular.numeric_columns or data.tabular.categorical_columns"
+                "tabular input needs at least one column: set data.tabular.numeric_columns or "
+                "data.tabular.categorical_columns"
             )
         seen: set[str] = set()
         for column in [*numeric_columns, *categorical_columns]:
             if column in seen:
                 raise ValueError(
-                    f"column {column!r} is listed twice in data.tabular.numeric_columns / data.tabular.categorical_columns; "
+                    f"column {column!r} is listed twice in data.tabular.numeric_columns / "
+                    "data.tabular.categorical_columns; "
                     "give each column one role"
                 )
             seen.add(column)

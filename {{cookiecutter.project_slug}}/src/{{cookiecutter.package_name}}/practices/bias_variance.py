@@ -57,7 +57,11 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: Task | 
     learned = [name for name in inputs if name in ("tabular", "sequence")]  # inputs with a sized encoder
     several = len(inputs) > 1
     mixable = list(inputs) == ["image"] and hasattr(task, "soft_loss")  # mixing.py: a task with soft targets
-    regularizers = ["`model.optimizer.weight_decay`", "the head's `dropout` (`model.network.init_args.head`)", *(task.regularizers if task is not None else ())]
+    regularizers = [
+        "`model.optimizer.weight_decay`",
+        "the head's `dropout` (`model.network.init_args.head`)",
+        *(task.regularizers if task is not None else ()),
+    ]
     if mixable:
         regularizers.append("`mixing.mixup_alpha` / `mixing.cutmix_alpha`")
     regularizers = ", ".join(regularizers)
@@ -67,14 +71,19 @@ def next_steps(problem: str, inputs: tuple[str, ...] = ("image",), task: Task | 
     bigger = []
     if image:
         bigger.append(
-            "a larger image `backbone` (e.g. resnet18 -> resnet50) or pretrained weights (`pretrained: true`) in the image encoder"
+            "a larger image `backbone` (e.g. resnet18 -> resnet50) or pretrained weights (`pretrained: true`) in "
+            "the image encoder"
         )
     if learned:
-        bigger.append(f"a wider {' and '.join(learned)} encoder (its `hidden_dim` in `model.network.init_args.encoders`)")
+        bigger.append(
+            f"a wider {' and '.join(learned)} encoder (its `hidden_dim` in `model.network.init_args.encoders`)"
+        )
     if "sequence" in inputs:
         bigger.append("the sequence encoder's `kind: transformer`")
     if several:
-        bigger.append("a wider fusion (its `fusion_dim`) or another `model.network.init_args.fusion` (concat, late, gated)")
+        bigger.append(
+            "a wider fusion (its `fusion_dim`) or another `model.network.init_args.fusion` (concat, late, gated)"
+        )
     smaller = []
     if image:
         smaller.append("a smaller image `backbone`, or a pretrained one that needs less data")

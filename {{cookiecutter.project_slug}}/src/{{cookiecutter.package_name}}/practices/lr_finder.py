@@ -31,8 +31,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning.tuner import Tuner
 
-from .callbacks.sanity import log_image
 from ..errors import ProjectError
+from .callbacks.sanity import log_image
 from .runs import write_json
 
 PLOT_FILE = "lr_find.png"

@@ -5,8 +5,8 @@
     python -m PACKAGE cv --folds 5 --config configs/default.yaml --config configs/toy.yaml
 
 Each run is an ordinary `fit` with every argument given here plus its seed (`--seed_everything`) or fold
-(`--data.splits.num_folds K --data.splits.fold k`), in its own run folder; the report folder `runs/<time>-repeat-<id>/` (or
-`-cv-`) lists them in `repeat.json` / `repeat.md` (`cv.json` / `cv.md`): each run's optimizing metric at its kept
+(`--data.splits.num_folds K --data.splits.fold k`), in its own run folder; the report folder
+`runs/<time>-repeat-<id>/` (or `-cv-`) lists them in `repeat.json` / `repeat.md` (`cv.json` / `cv.md`): each run's optimizing metric at its kept
 checkpoint, from the run's summary.json, and the mean ± sample standard deviation.
 
 The spread over seeds is the run-to-run noise of the recipe: a change that moves the mean by less than about one
@@ -26,8 +26,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from . import runs
 from ..errors import ProjectError
+from . import runs
 
 PACKAGE = __package__
 SATISFICING_FILE = "satisficing.json"

@@ -5,7 +5,8 @@
     python -m PACKAGE sweep --dry-run                         # print one trial's command line; no W&B server
 
 A sweep file is in W&B's own format (https://docs.wandb.ai/models/sweeps/define-sweep-configuration); its
-`command` runs `fit` with each trial's values appended as `--model.optimizer.lr=0.001` overrides (W&B's `${args}` macro).
+`command` runs `fit` with each trial's values appended as `--model.optimizer.lr=0.001` overrides (W&B's
+`${args}` macro).
 The agent starts one `fit` process per trial, in this folder, and the W&B server picks the values.
 
 Why a command rather than `wandb sweep FILE` then `wandb agent ID` in the Makefile:

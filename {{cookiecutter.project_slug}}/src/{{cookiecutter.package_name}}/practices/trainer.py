@@ -13,9 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning import Trainer
 
+from ..errors import ProjectError
 from . import baselines, lr_finder, runs
 from .callbacks.diagnosis import Diagnosis, load_weights
-from ..errors import ProjectError
 from .export import export_network
 
 
@@ -109,7 +109,7 @@ class ProjectTrainer(Trainer):
         num_training: int = 100,
         early_stop_threshold: float | None = 4.0,
     ) -> dict[str, Any]:
-        """Learning-rate range test: loss vs LR plot, suggested --model.optimizer.lr (the model's weights stay unchanged).
+        """Learning-rate range test: loss vs LR plot, suggested --model.optimizer.lr (the model's weights are kept).
 
         Args:
             model: trained from its current weights for the sweep, then restored.

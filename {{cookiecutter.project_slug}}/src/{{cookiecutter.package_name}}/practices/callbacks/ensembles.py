@@ -26,8 +26,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, StochasticWeightAveraging
 
-from ..averaging import evaluate_ensemble, to_markdown
 from ...errors import ProjectError
+from ..averaging import evaluate_ensemble, to_markdown
 
 SPLITS = ("train", "train_dev", "val", "test")
 SNAPSHOT_FILE = "snapshots"  # <run>/snapshots.json and snapshots.md

@@ -208,8 +208,10 @@ class DataModule(pl.LightningDataModule):
         # Imported here: the project keeps only the modules of its own inputs.
         readers: dict[str, Reader] = {}
         if self.image is not None:
-            from .image import ImageDataConfig, ImageReader
-
+            try:
+                from .image import ImageDataConfig, ImageReader
+            except ModuleNotFoundError:  # pruned at render: the project was made without image inputs
+                raise DataError("data.image is set, but this project has no image reader (data/image.py)") from None
             image = self.image
             self.data_config = ImageDataConfig.for_encoder(self.hparams.image_config, image.size)
             mask = image.mask_column if self.task_class.reads_masks else None

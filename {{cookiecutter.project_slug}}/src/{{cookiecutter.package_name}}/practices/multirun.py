@@ -6,8 +6,9 @@
 
 Each run is an ordinary `fit` with every argument given here plus its seed (`--seed_everything`) or fold
 (`--data.splits.num_folds K --data.splits.fold k`), in its own run folder; the report folder
-`runs/<time>-repeat-<id>/` (or `-cv-`) lists them in `repeat.json` / `repeat.md` (`cv.json` / `cv.md`): each run's optimizing metric at its kept
-checkpoint, from the run's summary.json, and the mean ± sample standard deviation.
+`runs/<time>-repeat-<id>/` (or `-cv-`) lists them in `repeat.json` / `repeat.md` (`cv.json` / `cv.md`): each
+run's optimizing metric at its kept checkpoint, from the run's summary.json, and the mean ± sample standard
+deviation.
 
 The spread over seeds is the run-to-run noise of the recipe: a change that moves the mean by less than about one
 standard deviation is not shown to help. Runs are sequential in this process; for multi-GPU strategies (DDP

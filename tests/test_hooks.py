@@ -395,6 +395,9 @@ IMAGE_FILES = {
     "src/pkg/data/image.py",
     "src/pkg/data/augment.py",
     "src/pkg/models/encoders/image.py",
+    "src/pkg/practices/callbacks/finetuning.py",
+    "src/pkg/practices/callbacks/mixing.py",
+    "src/pkg/practices/tta.py",
     "tests/test_data.py",
     "tests/test_pretrained.py",
 }

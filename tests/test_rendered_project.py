@@ -94,7 +94,7 @@ def test_each_logger_trains_through_the_cli(
 ) -> None:
     project, python, package = rendered(cookies, monkeypatch, tmp_path, logger=logger)
     run([str(python), "-m", package, "toy-data", "--image-size", "32"], cwd=project)
-    output = run([str(python), "-m", package, *FAST_FIT, "--data.image_size", "32"], cwd=project, env=OFFLINE)
+    output = run([str(python), "-m", package, *FAST_FIT, "--data.image.size", "32"], cwd=project, env=OFFLINE)
     assert "fast_dev_run finished" in output
     help_text = run([str(python), "-m", package, "--help"], cwd=project)
     assert "toy-data" in help_text and "fit" in help_text

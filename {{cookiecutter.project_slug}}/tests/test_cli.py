@@ -317,3 +317,12 @@ def test_missing_data_folder_gives_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: data.root=")
     assert "Traceback" not in result.stderr
+
+
+def test_a_module_that_misses_the_contract_is_refused_in_one_line(tiny_data: Path, tmp_path: Path) -> None:
+    # Lightning's BoringModel is a LightningModule without task, network and inputs (contract.ProjectModule).
+    boring = ["--model", "pytorch_lightning.demos.boring_classes.BoringModel", "--trainer.fast_dev_run", "true"]
+    with pytest.raises(SystemExit) as error:
+        main(cli_args("fit", tiny_data, tmp_path / "runs", *boring))
+    message = str(error.value.code)
+    assert "BoringModel lacks task, network, inputs" in message and "ProjectModule" in message and "\n" not in message

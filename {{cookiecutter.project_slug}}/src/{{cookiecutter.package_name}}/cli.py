@@ -179,6 +179,17 @@ class ProjectCLI(LightningCLI):
         config.trainer.precision = supported_precision(config.trainer.get("precision"))
         self._started = time.perf_counter()
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The machinery reads the module only through the contract: a module of the user's own that misses part
+        # of it fails here, in one line, instead of deep inside a callback.
+        missing = [name for name in ("task", "network", "inputs") if not hasattr(self.model, name)]
+        if missing:
+            raise ProjectError(
+                f"model.class_path={type(self.model).__module__}.{type(self.model).__qualname__} lacks "
+                f"{', '.join(missing)}: the project's commands need a module that meets contract.ProjectModule"
+            )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         recipes = [
             recipe

@@ -170,10 +170,9 @@ class DataModule(pl.LightningDataModule):
                 "(or null: no folds) and fold in 0 .. num_folds - 1"
             )
         self.split_options = splits
-        self.batch_size = batch_size
-        self.predict_path = predict_path
+        self.batch_size, self.predict_path, self.image_config = batch_size, predict_path, image_config
         self.task_class = load_task_class(task_class)
-        self.target_columns = list(target_columns or ["target"])
+        self.target_columns, self.classes = list(target_columns or ["target"]), classes
         self.folder_layout = not (self.root / "train.csv").is_file()
         # Class folders are images: the image group's defaults apply when the config names none.
         self.image = as_options(ImageInput, image) or (ImageInput() if self.folder_layout else None)
@@ -213,7 +212,7 @@ class DataModule(pl.LightningDataModule):
             except ModuleNotFoundError:  # pruned at render: the project was made without image inputs
                 raise DataError("data.image is set, but this project has no image reader (data/image.py)") from None
             image = self.image
-            self.data_config = ImageDataConfig.for_encoder(self.hparams.image_config, image.size)
+            self.data_config = ImageDataConfig.for_encoder(self.image_config, image.size)
             mask = image.mask_column if self.task_class.reads_masks else None
             readers["image"] = ImageReader(self.data_config, image.column, mask, image.augment)
             if image.size_schedule:
@@ -243,15 +242,15 @@ class DataModule(pl.LightningDataModule):
         if self.task_class.reads_masks and "image" not in self.inputs:
             raise DataError("segmentation needs images: set data.image.column (and data.image.mask_column)")
         # None: the target is read with the input (a segmentation mask, by the image reader).
-        return self.task_class.target_reader(self.target_columns, self.hparams.classes)
+        return self.task_class.target_reader(self.target_columns, self.classes)
 
     def _readers(self) -> list[Reader]:
         return [*self.inputs.values(), *([self.target_reader] if self.target_reader else [])]
 
     def _mask_class_names(self) -> list[str]:
         """Segmentation classes: data.classes, else class_0.. up to the largest value in the train masks."""
-        if self.hparams.classes:
-            return [str(name) for name in self.hparams.classes]
+        if self.classes:
+            return [str(name) for name in self.classes]
         from .image import load_mask
 
         column = self.image.mask_column

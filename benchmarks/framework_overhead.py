@@ -248,7 +248,7 @@ def main() -> None:
     workers = "null" if data["num_workers"] is None else data["num_workers"]  # as the config file spells it
     method = [
         f"What runs: the rendered default project's toy preset ({' + '.join(CONFIGS)}): {model['backbone']} "
-        f"(pretrained={model['pretrained']}) at {data['image_size']} px, batch {batch}, {plain['num_workers']} "
+        f"(pretrained={model['pretrained']}) at {data['image']['size']} px, batch {batch}, {plain['num_workers']} "
         f"loader worker(s) (data.num_workers: {workers}), AdamW lr {model['lr']} with per-step warmup + "
         "cosine, fp32 on the CPU, toy data written by `python -m <package> toy-data`.",
         "Lightning: the project's `fit` command with all its callbacks (configs/default.yaml's and the CLI's) and "

@@ -196,6 +196,12 @@ class ToyRows:
         combination = rng.choice(self.latents_by_class[index % self.k])
         return {modality: [z] for modality, z in zip(self.modalities, combination, strict=True)}
 
+    def class_row(self, split: str, index: int, rng: random.Random) -> dict[str, str]:
+        """A single-label classification row: class `index % k` as the target, shown by latents in its bin
+        (multiclass and binary toy rows)."""
+        latents = self.class_latents(index, rng)
+        return {"target": self.classes[index % self.k], **self.inputs(split, index, latents, rng)}
+
     def inputs(
         self,
         split: str,

@@ -154,5 +154,4 @@ class BinaryTask(Task):
     @classmethod
     def toy_row(cls, toy: ToyRows, split: str, index: int, rng: random.Random) -> dict[str, str]:
         """Class `index % 2` (every split holds both classes equally often), shown by latents in its bin."""
-        latents = toy.class_latents(index, rng)
-        return {"target": toy.classes[index % toy.k], **toy.inputs(split, index, latents, rng)}
+        return toy.class_row(split, index, rng)

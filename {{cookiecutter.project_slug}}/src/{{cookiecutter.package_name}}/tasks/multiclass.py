@@ -140,5 +140,4 @@ class MulticlassTask(Task):
     @classmethod
     def toy_row(cls, toy: ToyRows, split: str, index: int, rng: random.Random) -> dict[str, str]:
         """Class `index % k` (every split holds every class equally often), shown by latents in its bin."""
-        latents = toy.class_latents(index, rng)
-        return {"target": toy.classes[index % toy.k], **toy.inputs(split, index, latents, rng)}
+        return toy.class_row(split, index, rng)

@@ -9,6 +9,8 @@ py="$repo/.venv/bin/python"
 stage=$(mktemp -d)
 TEMPLATE_SKIP_TIMM_CHECK=1 "$py" -m cookiecutter --no-input -o "$stage" "$repo" "$@" >/dev/null
 mkdir -p "$dir/my-dl-project"
+# The hook git-inits and commits each render: keep an existing checkout's own history instead of overwriting it.
+if [ -d "$dir/my-dl-project/.git" ]; then rm -rf "$stage"/*/.git; fi
 for part in src configs tests scripts; do rm -rf "${dir:?}/my-dl-project/$part"; done
 cp -r "$stage"/*/. "$dir/my-dl-project/"
 rm -rf "$stage"

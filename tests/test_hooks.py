@@ -12,9 +12,11 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -476,6 +478,110 @@ def test_init_git_without_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not (tmp_path / ".git").exists()
 
 
+@pytest.mark.skipif(not HAS_GIT, reason="git not installed")
+def test_init_git_commits_with_the_answers_identity_when_git_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)  # a fresh machine or CI runner: no user.name / user.email
+    (tmp_path / "README.md").write_text("hello\n", encoding="utf-8")
+    summary = post.init_git(tmp_path, "Initial commit from template 9.9", ("Ada Lovelace", "ada@example.com"))
+    assert summary.startswith("initialized a git repository and committed"), summary
+    git = ["git", "-C", str(tmp_path)]
+    log = subprocess.run([*git, "log", "--format=%s|%an|%ae"], capture_output=True, text=True, check=True).stdout
+    assert log == "Initial commit from template 9.9|Ada Lovelace|ada@example.com\n"
+    assert subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout == ""
+    # The identity was for that commit only: nothing written into the repository's config.
+    config = subprocess.run([*git, "config", "--local", "--list"], capture_output=True, text=True).stdout
+    assert "user." not in config
+
+
+@pytest.mark.skipif(not HAS_GIT, reason="git not installed")
+def test_init_git_keeps_the_users_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Configured User")
+    (tmp_path / "a.txt").write_text("a\n", encoding="utf-8")
+    assert post.init_git(tmp_path, "first", ("Answer Author", "answer@example.com")).startswith("initialized")
+    log = subprocess.run(["git", "-C", str(tmp_path), "log", "--format=%an"], capture_output=True, text=True)
+    assert log.stdout == "Configured User\n"
+
+
+def test_removal_summary_is_one_line_unless_verbose(tmp_path: Path) -> None:
+    removed = [tmp_path / "src/a.py", tmp_path / "tests/test_a.py"]
+    assert post.removal_summary(tmp_path, removed, verbose=False) == [
+        "removed 2 files for options not chosen (TEMPLATE_VERBOSE=1 lists them)"
+    ]
+    assert post.removal_summary(tmp_path, removed, verbose=True) == [
+        "removed src/a.py (not needed for these options)",
+        "removed tests/test_a.py (not needed for these options)",
+    ]
+    assert post.removal_summary(tmp_path, [], verbose=False) == []
+
+
+def test_say_survives_a_closed_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `cruft diff | head` or `cookiecutter ... | head`: the reader is gone, the render must still succeed.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)
+        post.say(["x" * 100_000, "more"])  # more than a pipe holds
+
+
+def test_cruft_throwaway_render_is_recognized(tmp_path: Path) -> None:
+    temp = Path(tempfile.gettempdir()).resolve()
+    cruft_answers = {**default_answers(), "_template": "/x/template", "_commit": "0" * 40}
+    assert post.is_throwaway_render(cruft_answers, temp / "tmpab12cd_x" / "my-dl-project")
+    assert not post.is_throwaway_render(default_answers(), temp / "tmpab12cd_x" / "my-dl-project")  # cookiecutter
+    assert not post.is_throwaway_render(cruft_answers, tmp_path / "my-dl-project")  # `cruft create -o somewhere`
+
+
+def test_locate_template_resolves_the_path_as_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = tmp_path / "work" / "template"
+    template.mkdir(parents=True)
+    (template / "cookiecutter.json").write_text("{}", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("PWD", str(tmp_path / "work"))
+    # cookiecutter runs the hook from inside the template folder: its working folder is the answer
+    assert post.locate_template({"_repo_dir": "."}, parent_cwd=template) == template
+    assert post.locate_template({"_repo_dir": "../template"}, parent_cwd=template) == template
+    # the working folder is not the template (the tail does not match): the shell's folder is the fallback
+    assert post.locate_template({"_repo_dir": "template"}, parent_cwd=elsewhere) == template
+    assert post.locate_template({"_repo_dir": str(template)}, parent_cwd=None) == template
+    assert post.locate_template({"_repo_dir": "nowhere"}, parent_cwd=elsewhere) is None
+    assert post.locate_template({}, parent_cwd=template) is None
+
+
+@pytest.mark.skipif(not HAS_GIT, reason="git not installed")
+def test_template_source_and_cruft_state(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    template = repo / "templates" / "dl"  # a template in a folder of a bigger repository
+    template.mkdir(parents=True)
+    (template / "cookiecutter.json").write_text("{}", encoding="utf-8")
+    identity = ["-c", "user.name=T", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    typed = {**default_answers(), "_template": "templates/dl", "_repo_dir": "templates/dl", "_checkout": None}
+    assert post.template_source(typed, template).commit is None  # no commit yet: nothing for cruft to clone
+    subprocess.run(["git", "add", "--all"], cwd=repo, check=True)
+    subprocess.run(["git", *identity, "commit", "-q", "-m", "t"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+    source = post.template_source(typed, template)
+    assert source == post.TemplateSource(str(repo.resolve()), head, None, "templates/dl", dirty=False)
+    (template / "new.txt").write_text("x", encoding="utf-8")
+    assert post.template_source(typed, template).dirty
+    state = post.cruft_state(typed, source)
+    assert list(state) == ["template", "commit", "checkout", "context", "directory"]
+    recorded = state["context"]["cookiecutter"]
+    assert not {"_output_dir", "_repo_dir", "_checkout"} & set(recorded)
+    assert list(recorded)[-2:] == ["_template", "_commit"]  # cruft's order: the answers, then these two
+    assert (recorded["_template"], recorded["_commit"]) == (str(repo.resolve()), head)
+    # cruft's own answers win: it resolved and cloned the template itself
+    by_cruft = {**default_answers(), "_template": "https://example.com/t.git", "_commit": "c" * 40}
+    assert post.template_source(by_cruft, None) == post.TemplateSource(
+        "https://example.com/t.git", "c" * 40, None, None, False
+    )
+
+
 def test_bake_default_runs_post_gen_hook(
     cookies: Any, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -490,10 +596,16 @@ def test_bake_default_runs_post_gen_hook(
 
     out = capfd.readouterr().out
     assert "Created hook-check. Next steps:" in out
+    # Quiet by default: one summary line for the removed files, not one line each.
+    [removed] = [line for line in out.splitlines() if line.startswith("removed ")]
+    assert re.fullmatch(r"removed \d+ files for options not chosen \(TEMPLATE_VERBOSE=1 lists them\)", removed)
     for step in post.next_steps(result.context):
         assert f"  {step}\n" in out
     assert "  python -m hook_check fit --config configs/default.yaml --config configs/toy.yaml\n" in out
     assert (project / ".git").is_dir() == HAS_GIT
+    if HAS_GIT:  # everything committed, .cruft.json too
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True)
+        assert status.stdout == ""
 
     # The removal table agrees with the template: kept files exist, removed ones are gone.
     context = result.context

@@ -250,16 +250,42 @@ def make_dry_run(project: Path, *args: str) -> str:
     return dry.stdout
 
 
+def ci_workflow(project: Path) -> dict[str, Any]:
+    return yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8"))
+
+
 def test_ci_workflow_keeps_github_expressions_and_parses(project: Path) -> None:
     text = (project / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
-    assert "${{ vars.PYTHON_VERSION" in text  # GitHub's own expression syntax survives rendering
-    workflow = yaml.safe_load(text)
-    runs = [step["run"] for step in workflow["jobs"]["test"]["steps"] if "run" in step]
-    # CI runs the Makefile's targets, so it checks with the very commands `make lint` / `make test` run locally.
-    for target in ("install", "lint", "test"):
-        assert any(re.search(rf"^make {target}$", run, re.MULTILINE) for run in runs), (target, runs)
+    assert "${{ matrix.python-version }}" in text  # GitHub's own expression syntax survives rendering
+    runs = [step["run"] for step in ci_workflow(project)["jobs"]["test"]["steps"] if "run" in step]
+    # CI runs the Makefile's targets, so it checks with the very commands `make lint` / `make test` run locally;
+    # it installs torch's CPU wheels (CPU=1), as a CPU-only user would.
+    for command in ("install CPU=1", "lint", "test"):
+        assert any(re.search(rf"^make {command}$", run, re.MULTILINE) for run in runs), (command, runs)
     assert "ruff check ." in make_dry_run(project, "lint") and "ruff format --check ." in make_dry_run(project, "lint")
     assert "-m pytest" in make_dry_run(project, "test")
+
+
+def test_make_install_cpu_installs_the_cpu_wheels_before_the_project(project: Path) -> None:
+    cpu = make_dry_run(project, "install", "CPU=1").splitlines()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu[0] and "torch torchvision" in cpu[0], cpu
+    assert '-e ".[dev,export]"' in cpu[1], cpu
+    default = make_dry_run(project, "install")
+    assert "download.pytorch.org" not in default and '-e ".[dev,export]"' in default
+    assert "download.pytorch.org" not in make_dry_run(project, "install", "CPU=0")
+
+
+@pytest.mark.parametrize("python_version", CHOICES["python_version"])
+def test_ci_tests_the_lowest_answered_python_and_the_newest(
+    python_version: str, baked: Callable[[dict[str, str]], Path]
+) -> None:
+    project = baked({"python_version": python_version})
+    matrix = ci_workflow(project)["jobs"]["test"]["strategy"]["matrix"]["python-version"]
+    assert all(isinstance(version, str) for version in matrix), matrix  # 3.10 unquoted would be the float 3.1
+    requires = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+    newest = max(CHOICES["python_version"], key=lambda version: tuple(map(int, version.split("."))))
+    assert requires == f">={python_version}"
+    assert matrix == sorted({python_version, newest}, key=lambda version: tuple(map(int, version.split("."))))
 
 
 def test_makefile_targets_resolve(project: Path) -> None:

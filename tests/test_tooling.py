@@ -12,9 +12,11 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import bake, run
 
 # Rendered with answers unlike the defaults, so a re-render from defaults could not pass for a round trip.
@@ -26,7 +28,6 @@ ANSWERS = {
     "logger": "csv",
     "python_version": "3.12",
 }
-PYTHON_BIN = str(Path(sys.executable).parent)  # `python` here is this environment's (hooks run `python -m ruff`)
 
 
 def files(project: Path) -> dict[str, bytes]:
@@ -65,19 +66,19 @@ def test_recorded_answers_rerender_the_same_project(cookies, monkeypatch: pytest
     assert files(second) == files(first)
 
 
-def test_pre_commit_passes_and_catches_a_badly_formatted_file(
+def test_pre_commit_passes_from_a_plain_shell_and_catches_a_badly_formatted_file(
     cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     project = bake(cookies, monkeypatch)
     env = {
         "PRE_COMMIT_HOME": str(tmp_path / "pre-commit"),  # no hook environments in the user's cache
-        "PATH": os.pathsep.join([PYTHON_BIN, os.environ.get("PATH", "")]),
+        "PATH": "/usr/bin:/bin",  # a plain shell: no venv activated, no ruff on the PATH
+        "HOME": str(tmp_path),
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
     }
     pre_commit = [sys.executable, "-m", "pre_commit", "run", "--all-files"]
-    assert (project / ".git").is_dir()  # the post-gen hook's git init
-    run(["git", "add", "--all"], cwd=project, env=env)
+    # Straight after rendering: the post-gen hook's first commit holds every file, so there is something to check.
     output = run(pre_commit, cwd=project, env=env, timeout=300)
     assert re.search(r"ruff check.*Passed", output) and re.search(r"ruff format.*Passed", output), output
 
@@ -88,6 +89,15 @@ def test_pre_commit_passes_and_catches_a_badly_formatted_file(
     assert failed.returncode != 0, failed.stdout
     assert "F401" in failed.stdout or "os" not in bad.read_text(encoding="utf-8")  # unused import found (or fixed)
     assert 'x = {"a": 1}' in bad.read_text(encoding="utf-8")  # ruff format rewrote it
+
+
+def test_pre_commit_pins_the_ruff_of_the_dev_extra(cookies, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = bake(cookies, monkeypatch)
+    hooks = yaml.safe_load((project / ".pre-commit-config.yaml").read_text(encoding="utf-8"))["repos"][0]["hooks"]
+    dev = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    (ruff,) = [requirement for requirement in dev["dev"] if requirement.startswith("ruff")]
+    assert [hook["additional_dependencies"] for hook in hooks] == [[ruff]] * len(hooks)
+    assert all(hook["language"] == "python" for hook in hooks)  # its own environment, not the shell's
 
 
 def test_makefile_targets_run(cookies, monkeypatch: pytest.MonkeyPatch) -> None:

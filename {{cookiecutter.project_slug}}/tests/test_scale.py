@@ -5,6 +5,7 @@ The multi-process tests are marked `slow` (each starts several Python processes)
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -95,6 +96,11 @@ def test_sigkill_mid_epoch_resumes_from_last_without_losing_an_epoch(tiny_data: 
     summary = json.loads((last.parent.parent / "summary.json").read_text())
     assert (summary["epochs"], summary["global_step"]) == (3, 12)  # 3 epochs x 4 steps: none lost, none repeated
     assert not list(last.parent.glob(".*partial*"))
+    # The CSV history holds every step once: the rows logged between the checkpoint and the kill were redone.
+    (metrics,) = last.parent.parent.glob("csv/version_*/metrics.csv")
+    with metrics.open(newline="", encoding="utf-8") as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss_step")]
+    assert steps == list(range(12)), steps
 
 
 @pytest.fixture(scope="module")

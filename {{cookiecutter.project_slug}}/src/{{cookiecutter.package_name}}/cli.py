@@ -37,6 +37,7 @@ import pytorch_lightning as pl
 import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
@@ -50,7 +51,14 @@ from .practices.callbacks.ensembles import Ensembles
 from .practices.callbacks.prediction_writer import CSVPredictionWriter
 from .practices.callbacks.progress import progress_bar_for
 from .practices.checkpoint_io import AtomicCheckpointIO
-from .practices.loggers import SaveAndLogConfig, finish_wandb_runs, wandb_offline_without_key
+from .practices.loggers import (
+    LIGHTNING_CSV_LOGGERS,
+    HParamsMetric,
+    SaveAndLogConfig,
+    continue_histories,
+    finish_wandb_runs,
+    wandb_offline_without_key,
+)
 from .practices.precision import check_strategy_available, supported_precision
 from .practices.trainer import ProjectTrainer
 
@@ -166,15 +174,19 @@ class ProjectCLI(LightningCLI):
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
         loggers = _as_list(config.trainer.logger)
-        versions = runs.saved_logger_versions(ckpt_path) if resuming else []
+        versions, self.resumed_step = runs.saved_run_state(ckpt_path) if resuming else ([], None)
         for logger, version in itertools.zip_longest(loggers, versions[: len(loggers)]):
+            # Lightning's CSVLogger deletes a version's metrics.csv when a fit resumes into it: the project's
+            # subclass (same arguments) continues it.
+            if logger.class_path in LIGHTNING_CSV_LOGGERS:
+                logger.class_path = f"{PACKAGE}.practices.loggers.CSVLogger"
             if "save_dir" in logger.init_args:
                 logger.init_args.save_dir = str(self.run_dir)
             if version is not None and "version" in logger.init_args:
                 logger.init_args.version = version
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
-                wandb_offline_without_key()
+                wandb_offline_without_key(self.run_dir)
         check_strategy_available(config.trainer.get("strategy"))
         config.trainer.precision = supported_precision(config.trainer.get("precision"))
         self._started = time.perf_counter()
@@ -199,13 +211,21 @@ class ProjectCLI(LightningCLI):
         ]
         if self.subcommand == "fit":  # EMA / SWA / snapshots
             recipes += self._get(self.config_init, "ensembles").callbacks()
-        if recipes:  # first, so that e.g. the prediction writer sees the test-time-augmented outputs
-            kwargs["callbacks"] = recipes + _as_list(self._get(self.config_init, "trainer").get("callbacks"))
+        trainer_config = self._get(self.config_init, "trainer")
+        # First, so that e.g. the prediction writer sees the test-time-augmented outputs.
+        callbacks = recipes + _as_list(trainer_config.get("callbacks"))
+        if trainer_config.get("logger") in (False, []):  # `--trainer.logger false`: nothing to log the LR to
+            callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
+        kwargs["callbacks"] = callbacks
         trainer = super().instantiate_trainer(**kwargs)
         # Crash-safe checkpoint files, unless a strategy brings its own writer (DeepSpeed, sharded FSDP).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def before_fit(self) -> None:
+        if self.resumed_step is not None:  # the rows / points logged after the checkpoint are redone: drop them
+            continue_histories(self.trainer.loggers, self.resumed_step)
 
     def _resolve_ckpt_path(self, runs_dir: str, ckpt_path: str | None) -> Path | None:
         if ckpt_path in (None, ""):
@@ -332,7 +352,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             subclass_mode_model=True,
             auto_configure_optimizers=False,  # the model's optimizer / lr_scheduler keys instead (REFUSED_KEYS)
             trainer_class=ProjectTrainer,
-            trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter()]},
+            trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter(), HParamsMetric()]},
             save_config_callback=SaveAndLogConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},

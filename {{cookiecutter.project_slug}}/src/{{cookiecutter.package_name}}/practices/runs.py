@@ -88,12 +88,13 @@ def run_dir_of_checkpoint(ckpt_path: Path) -> Path | None:
     return parent.parent if parent.name == "checkpoints" else None
 
 
-def saved_logger_versions(ckpt_path: Path) -> list:
-    """The logger versions (W&B run ids, ...) a checkpoint was written under; memory-mapped, so cheap."""
+def saved_run_state(ckpt_path: Path) -> tuple[list, int]:
+    """(logger versions, global step) of a checkpoint: the logger runs (W&B run ids, CSV / TensorBoard versions) a
+    resumed fit continues, and the step it continues from. Memory-mapped, so cheap."""
     import torch  # not at module level: run-folder helpers stay importable without torch
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-    return list(checkpoint.get("logger_versions", []))
+    return list(checkpoint.get("logger_versions", [])), int(checkpoint.get("global_step", 0))
 
 
 def write_json(path: Path, data: dict) -> Path:

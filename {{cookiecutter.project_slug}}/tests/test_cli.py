@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import csv
+import http.server
 import json
+import logging
+import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 from conftest import CLASS_FOLDERS, CONFIGS, MONITOR, cli_args
 from {{ cookiecutter.package_name }}.answers import MODALITIES
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.practices.loggers import wandb_offline_without_key
+from {{ cookiecutter.package_name }}.practices.loggers import wandb_offline_when_unavailable
 from {{ cookiecutter.package_name }}.practices.param_groups import find_backbone, param_groups
 
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -270,13 +276,38 @@ def test_wandb_goes_offline_without_an_api_key(monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    assert wandb_offline_without_key() is True
-    import os
-
+    assert wandb_offline_when_unavailable() is True
     assert os.environ["WANDB_MODE"] == "offline"
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # a server that answers: W&B stays online
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        monkeypatch.delenv("WANDB_MODE")
+        assert wandb_offline_when_unavailable() is False
+        assert "WANDB_MODE" not in os.environ
+    finally:
+        server.shutdown()
+
+
+# Refused; and an address that never answers (no route, or a proxy that accepts the connection and says nothing).
+@pytest.mark.parametrize("server", ["http://127.0.0.1:{closed}", "https://10.255.255.1"])
+def test_wandb_with_a_key_but_no_server_goes_offline_within_seconds(
+    server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = unused.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", server.format(closed=closed))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE")
-    assert wandb_offline_without_key() is False
+    started = time.perf_counter()
+    with caplog.at_level(logging.INFO):
+        assert wandb_offline_when_unavailable("runs/r") is True
+    assert time.perf_counter() - started < 5  # wandb.init itself would wait about 90 s, then raise
+    assert os.environ["WANDB_MODE"] == "offline"
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("W&B:")]
+    assert "did not answer" in line and "wandb sync runs/r/wandb/offline-run-*" in line, line
 
 
 def test_unknown_config_key_is_named(tiny_data: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from .practices.loggers import (
     SaveAndLogConfig,
     continue_histories,
     finish_wandb_runs,
-    wandb_offline_without_key,
+    wandb_offline_when_unavailable,
 )
 from .practices.precision import check_strategy_available, supported_precision
 from .practices.trainer import ProjectTrainer
@@ -186,7 +186,7 @@ class ProjectCLI(LightningCLI):
                 logger.init_args.version = version
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
-                wandb_offline_without_key(self.run_dir)
+                wandb_offline_when_unavailable(self.run_dir)
         check_strategy_available(config.trainer.get("strategy"))
         config.trainer.precision = supported_precision(config.trainer.get("precision"))
         self._started = time.perf_counter()

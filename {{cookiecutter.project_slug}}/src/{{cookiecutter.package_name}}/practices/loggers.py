@@ -7,6 +7,9 @@ import csv
 import math
 import netrc
 import os
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -25,6 +28,7 @@ LIGHTNING_CSV_LOGGERS = {
     for package in ("pytorch_lightning", "lightning.pytorch")
     for module in ("", ".csv_logs")
 }
+PROBE_SECONDS = 3.0  # how long W&B's server may take to accept a connection before a run goes offline
 # The command's settings the model's and data's hyperparameters (which Lightning logs itself) leave out.
 RUN_SETTINGS = ("seed_everything", "trainer", "checkpoint", "ensembles", "ckpt_path", "runs_dir")
 
@@ -41,18 +45,49 @@ def wandb_key_found() -> bool:
     return bool(os.environ.get("WANDB_API_KEY")) or _wandb_key_in_netrc()
 
 
-def wandb_offline_without_key(run_dir: Path | str = "runs/<run>") -> bool:
-    """Without an API key W&B would prompt for one (or fail with no terminal): run it offline instead.
+def wandb_server() -> str:
+    """The W&B server's URL: WANDB_BASE_URL (a self-hosted server) or the cloud's."""
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def wandb_server_reachable(timeout: float = PROBE_SECONDS) -> bool:
+    """True when the W&B server answers an HTTP request within `timeout` seconds (any status: it is there).
+    Without this check wandb.init waits about 90 s, then fails with a long traceback. A TCP connection alone is
+    not proof: proxies and firewalls accept connections they never answer. The request runs in a thread, as a
+    stalled name lookup would ignore the timeout."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(wandb_server(), timeout=timeout):
+                answered.append(True)
+        except urllib.error.HTTPError:  # 401, 404, ...: the server answered
+            answered.append(True)
+        except (OSError, ValueError):  # refused, timed out, no route, bad URL
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered and answered[0])
+
+
+def wandb_offline_when_unavailable(run_dir: Path | str = "runs/<run>") -> bool:
+    """Run W&B offline when it could not log online: no API key (it would prompt, or fail with no terminal), or a
+    server that cannot be reached within a few seconds (no network, a firewall). Says why in one line.
 
     Respects an explicit WANDB_MODE. Returns True when it switched W&B to offline.
     """
-    if os.environ.get("WANDB_MODE") or wandb_key_found():
+    if os.environ.get("WANDB_MODE"):
+        return False
+    if not wandb_key_found():
+        reason = "no API key found (WANDB_API_KEY or `wandb login`)"
+    elif not wandb_server_reachable():
+        reason = f"{wandb_server()} did not answer within {PROBE_SECONDS:g} s"
+    else:
         return False
     os.environ["WANDB_MODE"] = "offline"
-    rank_zero_info(
-        "W&B: no API key found (WANDB_API_KEY or `wandb login`), logging offline; "
-        f"upload later with `wandb sync {run_dir}/wandb/offline-run-*`"
-    )
+    rank_zero_info(f"W&B: {reason}, logging offline; upload later with `wandb sync {run_dir}/wandb/offline-run-*`")
     return True
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from ..errors import ProjectError
-from .loggers import wandb_key_found
+from .loggers import wandb_key_found, wandb_server, wandb_server_reachable
 
 PACKAGE = __package__
 DEFAULT_FILE = "configs/sweep.yaml"
@@ -127,6 +127,8 @@ def run_sweep(path: str | Path, count: int | None = None) -> str:
         raise ProjectError(f"WANDB_MODE={os.environ['WANDB_MODE']}: sweeps need the W&B server (try --dry-run)")
     if not wandb_key_found():
         raise ProjectError("sweeps need a W&B account: run `wandb login` or set WANDB_API_KEY (or try --dry-run)")
+    if not wandb_server_reachable():
+        raise ProjectError(f"sweeps need the W&B server: {wandb_server()} did not answer (or try --dry-run)")
     import wandb
 
     # The agent runs `python` from PATH (see trial_command): make that this interpreter.

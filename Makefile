@@ -26,8 +26,8 @@ test-matrix: setup  ## every valid task/modality/fusion combination rendered, in
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow -k full_matrix
 
 lint: setup
-	$(BIN)/ruff check hooks tests scripts
-	$(BIN)/ruff format --check hooks tests scripts
+	$(BIN)/ruff check hooks tests scripts dl_template_answers.py
+	$(BIN)/ruff format --check hooks tests scripts dl_template_answers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,31 +1,44 @@
 """Tests of the pre/post-gen hooks: their rules as pure functions, and cookiecutter run like a user runs it.
 
+BAD_ANSWERS is the table of every kind of bad answer: each must give exactly one error from the rules, and the
+real command line must refuse it with that one line, no traceback and no folder (the answer check runs inside
+cookiecutter, through the template's Jinja extension dl_template_answers.py, before any folder exists).
+
 Looking a backbone up in timm imports torch (about 7 s): the unit tests use a stand-in list, the other
 command-line bakes set the hook's skip variable, and one end-to-end test pays for the real lookup.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
+import importlib.metadata
 import importlib.util
 import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from unittest import mock
 
 import pytest
-from conftest import COOKIECUTTER_JSON, TEMPLATE_DIR, assert_known_keys
+import yaml
+from conftest import COOKIECUTTER_JSON, TEMPLATE_DIR, assert_known_keys, bake
+from cookiecutter.exceptions import FailedHookException
 from cookiecutter.generate import generate_context
+from cookiecutter.main import cookiecutter
 from cookiecutter.prompt import prompt_for_config
 from cookiecutter.utils import create_env_with_context
 
+import dl_template_answers as answer_checks
 import hooks.post_gen_project as post
 import hooks.pre_gen_project as pre
 
@@ -37,7 +50,8 @@ FAST = {pre.SKIP_TIMM_CHECK_ENV: "1"}  # environment that skips the timm lookup 
 @functools.cache
 def _default_context() -> dict[str, Any]:
     context = generate_context(context_file=str(TEMPLATE_DIR / "cookiecutter.json"))
-    return dict(prompt_for_config(context, no_input=True))
+    with mock.patch.dict(os.environ, FAST):  # the answer check inside cookiecutter: no timm lookup (torch import)
+        return dict(prompt_for_config(context, no_input=True))
 
 
 def default_answers() -> dict[str, Any]:
@@ -83,11 +97,6 @@ def test_malformed_package_name(name: str) -> None:
     errors = pre.validate(answers(package_name=name), check_timm=False)
     assert len(errors) == 1, errors
     assert f"package_name={name!r} is not a valid Python package name; allowed: " in errors[0]
-
-
-def test_keyword_package_name() -> None:
-    errors = pre.validate(answers(package_name="class"), check_timm=False)
-    assert errors == ["package_name='class' is a Python keyword and cannot be imported; choose another name"]
 
 
 @pytest.mark.parametrize(
@@ -250,6 +259,183 @@ def test_every_valid_combination_passes_and_every_other_is_refused() -> None:
         assert (errors == []) == (combo in valid), (combo, errors)
 
 
+# --- pre-gen hook: names, text answers, the dependency table ---------------------------------------------------
+def test_answer_keys_are_the_questions_of_cookiecutter_json() -> None:
+    questions = [key for key in COOKIECUTTER_JSON if not key.startswith("_")]
+    assert questions == list(pre.ANSWER_KEYS)
+
+
+def test_answers_are_checked_inside_cookiecutter_after_every_question() -> None:
+    keys = list(COOKIECUTTER_JSON)
+    # Rendered in the order of cookiecutter.json: the check must come after every answer it reads.
+    assert keys.index(pre.CHECKED_KEY) > max(keys.index(key) for key in pre.ANSWER_KEYS)
+    assert COOKIECUTTER_JSON[pre.CHECKED_KEY] == "{{ cookiecutter | check_answers }}"
+    assert "dl_template_answers.AnswerChecks" in COOKIECUTTER_JSON["_extensions"]
+
+
+def _context_without_check(**overrides: str) -> dict[str, Any]:
+    """The answers cookiecutter makes of cookiecutter.json and ``overrides`` (the slug and package name derived
+    from the overrides), without its answer check."""
+    context = generate_context(context_file=str(TEMPLATE_DIR / "cookiecutter.json"), extra_context=overrides)
+    del context["cookiecutter"][pre.CHECKED_KEY]
+    return dict(prompt_for_config(context, no_input=True))
+
+
+@pytest.mark.parametrize(
+    "name", ["My DL Project", "  Padded Name ", "snake_case name", "Détection d'objets", "", "A/B"]
+)
+def test_derived_names_follow_cookiecutter_json(name: str) -> None:
+    rendered = _context_without_check(project_name=name)
+    assert rendered["project_slug"] == pre.derive_slug(name)
+    assert rendered["package_name"] == pre.derive_package(rendered["project_slug"])
+
+
+def test_derived_name_problems_are_reported_once_at_their_source() -> None:
+    assert pre.validate(
+        answers(project_name="x" * 300, project_slug="x" * 300, package_name="x" * 300), check_timm=False
+    )[0].startswith("project_slug='xxx")
+    [error] = pre.validate(
+        answers(project_name="", project_slug="", package_name=""), check_timm=False
+    )  # one line: the name, not the slug and the package derived from it
+    assert error.startswith("project_name='' is empty")
+    [error] = pre.validate(answers(project_slug="rich", package_name="rich"), check_timm=False)
+    assert error.endswith("; it comes from project_slug='rich': give package_name=... to choose it")
+
+
+def test_keyword_package_name() -> None:
+    errors = pre.validate(answers(package_name="class"), check_timm=False)
+    assert errors == ["package_name='class' is a Python keyword and cannot be imported; allowed: any other name"]
+
+
+def _rendered_pyproject(**overrides: Any) -> dict[str, Any]:
+    """The rendered project's pyproject.toml for these answers (rendered alone, as cookiecutter renders it)."""
+    context = {"cookiecutter": answers(**overrides)}
+    source = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "pyproject.toml").read_text(encoding="utf-8")
+    return tomllib.loads(create_env_with_context(context).from_string(source).render(**context))
+
+
+def _requirement_names(pyproject: dict[str, Any]) -> set[str]:
+    requirements = list(pyproject["build-system"]["requires"]) + list(pyproject["project"]["dependencies"])
+    for extra in pyproject["project"].get("optional-dependencies", {}).values():
+        requirements += extra
+    names = {re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement).group() for requirement in requirements}
+    return {re.sub(r"[-_.]+", "-", name).lower() for name in names}  # PEP 503 normalized
+
+
+def test_dependency_table_covers_every_requirement_of_the_rendered_project() -> None:
+    names = set()
+    for logger in pre.CHOICES["logger"]:
+        names |= _requirement_names(_rendered_pyproject(logger=logger))
+    assert {"torch", "pytorch-lightning", "rich", "pillow", "onnx", "setuptools"} <= names  # the parse works
+    missing = sorted(names - set(pre.DEPENDENCY_MODULES))
+    assert not missing, f"add these requirements' import names to DEPENDENCY_MODULES: {missing}"
+
+
+def test_dependency_table_lists_the_installed_import_names() -> None:
+    # Where a requirement is installed here, the import names it really provides must all be in its row.
+    provided: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            provided.setdefault(re.sub(r"[-_.]+", "-", dist).lower(), set()).add(module)
+    checked = 0
+    for dist, listed in pre.DEPENDENCY_MODULES.items():
+        real = {name for name in provided.get(dist, ()) if name.isidentifier() and not name.startswith("_")}
+        real -= {"distutils"}  # setuptools' stand-in for the old standard-library module
+        assert real <= set(listed), (dist, sorted(real - set(listed)))
+        checked += bool(real)
+    assert checked >= 5  # torch, rich, pillow, ... are installed in the template's .venv
+
+
+def test_every_listed_module_is_refused() -> None:
+    tables = {**pre.DEPENDENCY_MODULES, **pre.INDIRECT_DEPENDENCY_MODULES}
+    for name in {name for names in tables.values() for name in names} | pre.PROJECT_MODULES:
+        [error] = pre.validate(answers(package_name=name), check_timm=False)
+        assert error.startswith(f"package_name={name!r} "), error
+
+
+def test_helpers_of_the_rendered_tests_are_reserved() -> None:
+    tests = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "tests"
+    helpers = {path.stem for path in tests.glob("*.py") if not path.name.startswith("test_")}
+    assert helpers <= pre.PROJECT_MODULES, sorted(helpers - pre.PROJECT_MODULES)
+
+
+# Answers that look risky but are fine: each one renders (test_tricky_answers_render_valid_files).
+TRICKY_TEXT = {
+    "project_name": "Détection d'objets 😀 <b>&</b> {braces}",
+    "project_slug": "detection",
+    "author": 'Zoë O\'Brien "ZB" \\ Jr.',
+    "email": "zoe.o-brien+dl@example.co.uk",
+    "description": 'Reproduce "Attention Is All You Need" – über-fast 😀 <b>&</b> it\'s {braces}.',
+}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"author": 'Bob "the builder"'},
+        {"author": "C:\\Users\\ada\\"},  # a backslash is escaped in pyproject.toml, even at the end
+        {"description": ""},
+        {"description": '"Quoted" start and middle "part" end.'},
+        {"email": "ada@xn--exmple-cua.com"},
+        {"project_name": "Ünïcode 名前", "project_slug": "unicode"},  # the derived slug would not be ASCII
+        TRICKY_TEXT,
+    ],
+)
+def test_tricky_answers_are_accepted(overrides: dict[str, str]) -> None:
+    assert pre.validate(answers(**overrides), check_timm=False) == []
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'a "quoted" word', "back\\slash\\", "tab\tand\nnewline\r", "\x00\x1f\x7f", "é😀"]
+)
+def test_toml_escape_round_trips(text: str) -> None:
+    assert tomllib.loads(f'value = "{answer_checks.toml_escape(text)}"')["value"] == text
+
+
+def test_check_answers_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(pre.SKIP_TIMM_CHECK_ENV, "1")
+    assert answer_checks.rules is pre  # one copy of the rules: what tests patch, the extension uses
+    good = default_answers()
+    assert answer_checks.check_answers(good) == pre.answers_digest(good) == good[pre.CHECKED_KEY]
+    # On --replay cookiecutter renders only the variables missing from the replay file: the hook checks then.
+    assert answer_checks.check_answers({"logger": "csv"}) == ""
+    with pytest.raises(answer_checks.AnswersRefused) as refused:
+        answer_checks.check_answers({**good, "package_name": "rich", "email": "x"})
+    assert isinstance(refused.value, FailedHookException)  # what cookiecutter's command line prints as it is
+    assert str(refused.value).splitlines() == [
+        f"error: {error}" for error in pre.validate({**good, "package_name": "rich", "email": "x"}, check_timm=False)
+    ]
+
+
+def test_extension_ignores_another_hooks_package(tmp_path: Path) -> None:
+    # `python -m cookiecutter` run from a folder that has a hooks/ package of its own (another template): the
+    # extension must still load this template's rules, without importing that package.
+    other = tmp_path / "hooks"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise RuntimeError('the wrong hooks package was imported')\n", encoding="utf-8")
+    code = "import dl_template_answers as a, sys; print(a.rules.__name__, 'hooks' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TEMPLATE_DIR)])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["dl_template_answers_rules", "False"]
+
+
+def test_answers_digest_follows_the_answers_only() -> None:
+    good = default_answers()
+    assert pre.answers_digest({**good, "_output_dir": "/elsewhere", pre.CHECKED_KEY: "x"}) == pre.answers_digest(good)
+    assert pre.answers_digest({**good, "backbone": "resnet50"}) != pre.answers_digest(good)
+
+
+def test_unsafe_to_delete(tmp_path: Path) -> None:
+    assert not pre._unsafe_to_delete(tmp_path, "my-project")  # one plain folder: cookiecutter made it
+    (tmp_path / "made").mkdir()
+    assert not pre._unsafe_to_delete(tmp_path, "made/..")  # only empty folders (made by cookiecutter just now)
+    assert not pre._unsafe_to_delete(tmp_path / "made", "a/b")
+    (tmp_path / "user-file.txt").write_text("mine", encoding="utf-8")
+    for slug in ["..", ".", "made/..", "", "a\\..", None]:
+        assert pre._unsafe_to_delete(tmp_path, slug), slug
+
+
 # --- the hook files are importable raw and render into valid Python ------------------------------------------
 @pytest.mark.parametrize("hook", [pre, post])
 def test_raw_hook_refuses_to_run_unrendered(hook: Any) -> None:
@@ -290,7 +476,8 @@ def user_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cookiecutter(
     output_dir: Path, user_config: Path, *args: str, check_timm: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **FAST}
+    """The real command line, from a folder of its own (not the template: nothing importable by accident)."""
+    env = {**os.environ, **FAST, "PYTHONIOENCODING": "utf-8"}
     if check_timm:
         env.pop(pre.SKIP_TIMM_CHECK_ENV)
     command = [sys.executable, "-m", "cookiecutter", "--config-file", str(user_config), "-o", str(output_dir)]
@@ -299,6 +486,8 @@ def run_cookiecutter(
         check=False,  # callers assert on the exit code
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        cwd=output_dir.parent,
         env=env,
         stdin=subprocess.DEVNULL,
         timeout=120,
@@ -314,52 +503,169 @@ def bake_cli(
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], output_dir: Path, expected_line: str = "") -> None:
-    """Non-zero exit, nothing left in output_dir, and (if given) one stderr line starting with expected_line."""
+    """Non-zero exit, nothing left in output_dir, and (if given) one output line starting with expected_line."""
     assert result.returncode != 0, result.stdout
     assert list(output_dir.iterdir()) == [], "cookiecutter left a half-made project"
     if expected_line:
-        lines = result.stderr.splitlines()
-        assert any(line.startswith(expected_line) for line in lines), result.stderr
+        lines = (result.stdout + result.stderr).splitlines()
+        assert any(line.startswith(expected_line) for line in lines), result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(
-    ("overrides", "expected_line"),
-    [
-        (
-            {"project_slug": "My Project!"},
-            "error: project_slug='My Project!' is not a valid folder/distribution",
-        ),
-        (
-            {"project_name": "My Project!"},
-            "error: project_slug='my-project!' is not a valid folder/distribution",
-        ),
-        ({"package_name": "1abc"}, "error: package_name='1abc' is not a valid Python package name"),
-        ({"package_name": "class"}, "error: package_name='class' is a Python keyword"),
-        ({"package_name": "torch"}, "error: package_name='torch' would shadow the module 'torch'"),
-        (
-            {"task_type": "segmentation", "modality": "tabular"},
-            "error: task_type='segmentation' predicts a class per pixel of one image, so modality must be 'image'",
-        ),
-        (
-            {"task_type": "segmentation", "modality": "image+tabular", "fusion": "concat"},
-            "error: task_type='segmentation' predicts a class per pixel of one image, so modality must be 'image' "
-            "(got modality='image+tabular')",
-        ),
-        (
-            {"modality": "tabular+sequence", "fusion": "none"},
-            "error: modality='tabular+sequence' has several inputs, so fusion must be one of concat, late, gated",
-        ),
-        (
-            {"modality": "image", "fusion": "concat"},
-            "error: modality='image' is a single input, so fusion must be 'none' (got fusion='concat')",
-        ),
-        ({"backbone": "ResNet-18"}, "error: backbone='ResNet-18' is not a timm model name"),
-    ],
-)
-def test_cli_refuses_bad_answers(
-    tmp_path: Path, user_config: Path, overrides: dict[str, str], expected_line: str
+class BadAnswer(NamedTuple):
+    """Answers the template must refuse: ``variable`` is the one its single line names, ``says`` a part of it."""
+
+    overrides: dict[str, str]
+    variable: str
+    says: str
+
+
+ONE_LINE = "allowed: one line of text"
+SLUG_RULE = f"is not a valid folder/distribution name; allowed: {pre.SLUG_ALLOWED}"
+PACKAGE_RULE = f"is not a valid Python package name; allowed: {pre.PACKAGE_ALLOWED}"
+SHADOW_RULE = "allowed: a name that no standard-library module, dependency or project folder uses"
+DESCRIPTION_RULE = "(it is the package docstring: no backslash, no '\"' at the end or three in a row)"
+
+# Every kind of bad answer, refused inside cookiecutter before any folder exists. Kept in one table: the rules
+# are checked on it (one error each) and the real command line is run on it (one line of output, no folder).
+BAD_ANSWERS: dict[str, BadAnswer] = {
+    # project_name (the slug and the package name are derived from it)
+    "name-empty": BadAnswer({"project_name": ""}, "project_name", f"is empty; {ONE_LINE}, not empty"),
+    "name-blank": BadAnswer({"project_name": "   "}, "project_name", f"is empty; {ONE_LINE}, not empty"),
+    "name-newline": BadAnswer({"project_name": "My\nProject"}, "project_name", "control character '\\n'; allowed:"),
+    "name-tab": BadAnswer({"project_name": "My\tProject"}, "project_name", "control character '\\t'; allowed:"),
+    "name-line-separator": BadAnswer({"project_name": "My\u2028Project"}, "project_name", "'\\u2028'; allowed:"),
+    "name-300-chars": BadAnswer(
+        {"project_name": "x" * 300},
+        "project_slug",
+        f"(300 characters) {SLUG_RULE} (e.g. 'my-dl-project'); it "
+        "comes from project_name='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (300 characters)",
+    ),
+    "name-gives-bad-slug": BadAnswer(
+        {"project_name": "My Project!"}, "project_slug", "it comes from project_name='My Project!'"
+    ),
+    "name-gives-shadowing-package": BadAnswer(
+        {"project_name": "Rich"}, "package_name", "would shadow the module 'rich' of the dependency rich"
+    ),
+    # project_slug: one plain folder name
+    "slug-slash": BadAnswer({"project_slug": "a/b"}, "project_slug", SLUG_RULE),
+    "slug-dotdot": BadAnswer({"project_slug": ".."}, "project_slug", SLUG_RULE),
+    "slug-dot": BadAnswer({"project_slug": "."}, "project_slug", SLUG_RULE),
+    "slug-climbs-back": BadAnswer({"project_slug": "x/.."}, "project_slug", SLUG_RULE),
+    "slug-backslash": BadAnswer({"project_slug": "a\\b"}, "project_slug", SLUG_RULE),
+    "slug-empty": BadAnswer({"project_slug": ""}, "project_slug", SLUG_RULE),
+    "slug-space-capitals": BadAnswer({"project_slug": "My Project"}, "project_slug", SLUG_RULE),
+    "slug-underscore": BadAnswer({"project_slug": "my_project"}, "project_slug", SLUG_RULE),
+    "slug-leading-digit": BadAnswer({"project_slug": "1abc"}, "project_slug", SLUG_RULE),
+    "slug-double-hyphen": BadAnswer({"project_slug": "my--project"}, "project_slug", SLUG_RULE),
+    "slug-non-ascii": BadAnswer({"project_slug": "détection"}, "project_slug", SLUG_RULE),
+    "slug-65-chars": BadAnswer({"project_slug": "a" * 65}, "project_slug", f"(65 characters) {SLUG_RULE}"),
+    # package_name: an importable name of its own
+    "package-shadows-dependency": BadAnswer(
+        {"package_name": "rich"}, "package_name", f"shadow the module 'rich' of the dependency rich; {SHADOW_RULE}"
+    ),
+    "package-shadows-extra": BadAnswer(
+        {"package_name": "onnx"}, "package_name", f"shadow the module 'onnx' of the dependency onnx; {SHADOW_RULE}"
+    ),
+    "package-shadows-indirect-dependency": BadAnswer(
+        {"package_name": "huggingface_hub"}, "package_name", "of huggingface-hub, installed alongside the dependencies"
+    ),
+    "package-shadows-lightning": BadAnswer(
+        {"package_name": "lightning_fabric"}, "package_name", "of the dependency pytorch-lightning"
+    ),
+    "package-shadows-stdlib": BadAnswer({"package_name": "json"}, "package_name", "of the standard library"),
+    "package-shadows-project-folder": BadAnswer(
+        {"package_name": "tests"}, "package_name", "(a folder or helper of the rendered project)"
+    ),
+    "package-keyword": BadAnswer({"package_name": "class"}, "package_name", "is a Python keyword"),
+    "package-hyphen": BadAnswer({"package_name": "my-pkg"}, "package_name", PACKAGE_RULE),
+    "package-empty": BadAnswer({"package_name": ""}, "package_name", PACKAGE_RULE),
+    "package-capitals": BadAnswer({"package_name": "My_pkg"}, "package_name", PACKAGE_RULE),
+    "package-leading-underscore": BadAnswer({"package_name": "_private"}, "package_name", PACKAGE_RULE),
+    "package-300-chars": BadAnswer({"package_name": "x" * 300}, "package_name", f"(300 characters) {PACKAGE_RULE}"),
+    # author, email, description: text that lands in pyproject.toml, a docstring, a YAML comment
+    "author-empty": BadAnswer({"author": ""}, "author", f"is empty; {ONE_LINE}, not empty"),
+    "author-newline": BadAnswer({"author": "Ada\nLovelace"}, "author", "control character '\\n'; allowed:"),
+    "email-no-at": BadAnswer(
+        {"email": "not-an-email"}, "email", f"is not an e-mail address; allowed: {pre.EMAIL_ALLOWED}"
+    ),
+    "email-no-dot": BadAnswer({"email": "me@localhost"}, "email", "is not an e-mail address; allowed:"),
+    "email-with-name": BadAnswer({"email": "Ada <ada@example.com>"}, "email", "is not an e-mail address; allowed:"),
+    "email-quote": BadAnswer({"email": 'a"b@example.com'}, "email", "is not an e-mail address; allowed:"),
+    "description-newline": BadAnswer({"description": "one\ntwo"}, "description", "control character '\\n'"),
+    "description-backslash": BadAnswer({"description": "C:\\data"}, "description", f"backslash; {ONE_LINE} "),
+    "description-ends-with-quote": BadAnswer(
+        {"description": 'Reproduce "Attention"'}, "description", f"ends with '\"'; {ONE_LINE} {DESCRIPTION_RULE}"
+    ),
+    "description-triple-quote": BadAnswer({"description": 'a """ b'}, "description", "three '\"' in a row"),
+    # combinations and the backbone
+    "segmentation-without-images": BadAnswer(
+        {"task_type": "segmentation", "modality": "tabular"}, "task_type", "so modality must be 'image'"
+    ),
+    "several-inputs-without-fusion": BadAnswer(
+        {"modality": "tabular+sequence", "fusion": "none"}, "modality", "so fusion must be one of concat, late, gated"
+    ),
+    "one-input-with-fusion": BadAnswer(
+        {"modality": "image", "fusion": "concat"}, "modality", "is a single input, so fusion must be 'none'"
+    ),
+    "backbone-capitals": BadAnswer({"backbone": "ResNet-18"}, "backbone", "is not a timm model name; allowed:"),
+    "backbone-empty": BadAnswer({"backbone": ""}, "backbone", "is not a timm model name; allowed:"),
+}
+
+
+def test_bad_answer_table_is_broad() -> None:
+    assert len(BAD_ANSWERS) >= 25
+    for case in BAD_ANSWERS.values():
+        assert_known_keys(case.overrides)
+
+
+@pytest.mark.parametrize("case", BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
+def test_bad_answer_gives_one_error_naming_its_variable(case: BadAnswer) -> None:
+    errors = pre.validate(_context_without_check(**case.overrides), check_timm=False)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{case.variable}="), errors
+    assert case.says in errors[0], errors
+
+
+@pytest.mark.parametrize("case", BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
+def test_cli_refuses_bad_answer_in_one_line_and_leaves_no_folder(
+    tmp_path: Path, user_config: Path, case: BadAnswer
 ) -> None:
-    assert_refused(bake_cli(tmp_path, user_config, overrides), tmp_path, expected_line)
+    # A folder of its own around the output folder: '..' or 'x/..' must not touch it either.
+    work = tmp_path / "work"
+    output_dir = work / "out"
+    output_dir.mkdir(parents=True)
+    result = bake_cli(output_dir, user_config, case.overrides)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "Traceback" not in out
+    [line] = out.splitlines()  # cookiecutter prints the refusal as it is: exactly one line, on stdout
+    [error] = pre.validate(_context_without_check(**case.overrides), check_timm=False)
+    assert line == f"error: {error}"
+    assert line.startswith(f"error: {case.variable}=") and case.says in line
+    assert [path.name for path in work.iterdir()] == ["out"]
+    assert list(output_dir.iterdir()) == [], "cookiecutter left a folder"
+
+
+def test_refusal_through_the_python_api_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(pre.SKIP_TIMM_CHECK_ENV, "1")
+    output_dir = tmp_path / "new"  # does not exist: a slug 'x/..' used to make cookiecutter delete it
+    with pytest.raises(FailedHookException, match=r"^error: project_slug='x/\.\.' is not a valid") as refused:
+        cookiecutter(
+            str(TEMPLATE_DIR), no_input=True, extra_context={"project_slug": "x/.."}, output_dir=str(output_dir)
+        )
+    assert isinstance(refused.value, answer_checks.AnswersRefused)
+    assert not output_dir.exists()
+
+
+def test_cli_reports_every_problem_one_line_each(tmp_path: Path, user_config: Path) -> None:
+    result = bake_cli(tmp_path, user_config, {"package_name": "rich", "email": "nope", "fusion": "late"})
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert [line.split("=")[0] for line in result.stdout.splitlines()] == [
+        "error: package_name",
+        "error: email",
+        "error: modality",
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm not installed where cookiecutter runs")
@@ -376,11 +682,59 @@ def test_cli_refuses_unknown_choice_before_hooks(tmp_path: Path, user_config: Pa
 def test_replay_file_with_unknown_choice_is_refused_by_the_hook(
     tmp_path: Path, user_config: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # Replay (or a hand-edited replay file) skips cookiecutter's own choice check: the hook must catch it.
+    # Replay (or a hand-edited replay file) skips the prompts, so cookiecutter's own choice check and the check
+    # inside cookiecutter (__answers_checked): the pre-gen hook must catch it.
     replay_file = tmp_path_factory.mktemp("replay") / "edited.json"
     replay_file.write_text(json.dumps({"cookiecutter": answers(task_type="bogus")}), encoding="utf-8")
     result = run_cookiecutter(tmp_path, user_config, "--replay-file", str(replay_file), str(TEMPLATE_DIR))
     assert_refused(result, tmp_path, "error: task_type='bogus' is not a valid choice; allowed: multiclass,")
+    # What the README says cookiecutter prints after a failed hook, which no template can change: its own
+    # ERROR line and traceback on stdout, then the exception's one line.
+    assert result.stdout.startswith("ERROR: Stopping generation because pre_gen_project hook script didn't exit")
+    assert "Traceback (most recent call last)" in result.stdout
+    assert result.stdout.splitlines()[-1] == "Hook script failed (exit status: 1)"
+    assert result.stderr.splitlines() == [
+        f"error: task_type='bogus' is not a valid choice; allowed: {', '.join(pre.CHOICES['task_type'])}"
+    ]
+
+
+def test_replayed_slug_that_climbs_back_cannot_delete_the_users_folder(tmp_path: Path, user_config: Path) -> None:
+    # Only the pre-gen hook sees a replayed 'x/..': cookiecutter has made x/ and runs the hook in x/.. (the output
+    # folder itself), which its clean-up after a failed hook would delete, the user's files with it.
+    output_dir = tmp_path / "mine"
+    output_dir.mkdir()
+    (output_dir / "thesis.tex").write_text("months of work", encoding="utf-8")
+    replay_file = tmp_path / "edited.json"
+    replay_file.write_text(json.dumps({"cookiecutter": answers(project_slug="x/..")}), encoding="utf-8")
+    result = run_cookiecutter(output_dir, user_config, "--replay-file", str(replay_file), str(TEMPLATE_DIR))
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr  # stopped by the hook
+    assert (output_dir / "thesis.tex").read_text(encoding="utf-8") == "months of work"
+    assert result.stderr.splitlines() == [
+        f"error: {pre.validate(answers(project_slug='x/..'), check_timm=False)[0]}",
+        f"error: stopping cookiecutter now: its clean-up after this refusal would delete {output_dir.resolve()}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides", [TRICKY_TEXT, {"author": "C:\\Users\\ada\\", "description": ""}], ids=["quotes-unicode", "backslash"]
+)
+def test_tricky_answers_render_valid_files(
+    cookies: Any, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, str]
+) -> None:
+    project = bake(cookies, monkeypatch, **overrides)
+    given = _context_without_check(**overrides)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert pyproject["description"] == given["description"]
+    assert pyproject["authors"] == [{"name": given["author"], "email": given["email"]}]
+    init = (project / "src" / given["package_name"] / "__init__.py").read_text(encoding="utf-8")
+    assert ast.get_docstring(ast.parse(init), clean=False) == given["description"]
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert f"# {given['project_name']}\n" in readme and given["description"] in readme
+    config = (project / "configs" / "default.yaml").read_text(encoding="utf-8")
+    assert f"# {given['project_name']}: " in config
+    yaml.safe_load(config)
+    recorded = json.loads((project / ".cookiecutter.json").read_text(encoding="utf-8"))
+    assert {key: recorded[key] for key in overrides} == overrides
 
 
 # --- post-gen hook ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not ins
 pytest.importorskip("cruft", reason="cruft is a template dev tool (requirements-dev.txt)")
 
 # What a template is made of; the rest of the repository (.venv, tests, benchmarks) is not part of it.
-TEMPLATE_PARTS = ("cookiecutter.json", "hooks", "{{cookiecutter.project_slug}}")
+TEMPLATE_PARTS = ("cookiecutter.json", "dl_template_answers.py", "hooks", "{{cookiecutter.project_slug}}")
 IDENTITY = ["-c", "user.name=Template Maintainer", "-c", "user.email=maintainer@example.com"]
 ADDED_LINE = "# added by a newer template: {{ cookiecutter.package_name }}"
 

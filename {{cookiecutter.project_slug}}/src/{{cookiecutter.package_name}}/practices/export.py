@@ -1,28 +1,43 @@
-"""Export a trained network for deployment: TorchScript and ONNX files with a dynamic batch dimension.
+"""Export a trained network for deployment: a torch.export program and an ONNX file with a dynamic batch dimension,
+plus everything needed to go from a raw image file, table row or text to the model's inputs without this project.
 
 The exported model takes flat tensors in a fixed order, named by their place in the batch dict (`image`,
 `tabular.numeric`, `tabular.categorical`, `sequence.values`, `sequence.mask`), exactly as the project's data
 readers produce them (normalized images, standardized numbers, token ids), and returns the task's activation:
 class probabilities for classification and segmentation, values in the targets' own units for regression.
 
-Each file is loaded back (`torch.jit.load`, an onnxruntime session) and run on val batches of sizes other than
-the one it was exported with; its outputs must match the checkpoint's own within a tolerance, or the export
-fails with one line naming the format and, when it can be found, the layer or operator at fault.
+Next to the model files: `preprocess.json`, the readers' own description of their evaluation preprocessing
+(resize rule, interpolation, crop, mean / std; the train statistics, missing-value rule and vocabularies of the
+columns; the tokenizer, vocabulary and max_length of a sequence) and of the output (class names in output order,
+how `predict` decodes it); `preprocess.py`, a copy of practices/deploy_preprocess.py (numpy and PIL only) that
+applies it; and `export.json`, what was exported and checked. The ONNX file carries both JSON texts in its
+metadata_props ("metadata", "preprocessing"), the torch files as extra files (metadata.json, preprocess.json).
 
-Exporter choices (torch 2.14):
-- TorchScript by `torch.jit.trace`. Tracing is deprecated ("switch to torch.compile or torch.export": a
-  FutureWarning, hidden here) but it still makes the one self-contained file that Python and LibTorch (C++) load
-  without this project's code. Tracing records the operations one batch runs, so Python control flow on tensor
-  values is frozen into the file: the check on other batches is what catches that.
-- ONNX by the TorchScript-based exporter, `torch.onnx.export(dynamo=False)`, although torch >= 2.9 defaults to the
-  torch.export-based one (dynamo=True) and calls this one deprecated (a DeprecationWarning, hidden here). The
-  dynamo exporter cannot export the GRU encoder: `pack_padded_sequence` makes batch sizes from the data, which
-  torch.export refuses ("zeros(): argument 'size' ... got FakeTensor"), while the TorchScript-based exporter turns
-  packing into an ONNX GRU with sequence lengths. It exports the Transformer encoder, timm ResNets, the
-  segmentation network and tabular embeddings too, in a fraction of a second where dynamo takes several. For the
-  GRU it prints "The shape inference of prim::PackPadded type is missing" from C++: harmless, as the check shows.
-  onnx and onnxruntime come with the `export` extra (pip install -e ".[export]"); onnxscript, which only the
-  dynamo exporter uses, is not needed.
+Every file is loaded back (`torch.export.load`, `torch.jit.load`, an onnxruntime session) and run on val batches of
+sizes other than the one it was exported with; its outputs must match the checkpoint's own within a tolerance, or
+the export fails with one line naming the format and, when it can be found, the layer or operator at fault.
+preprocess.py is run on the raw rows of val samples and must give the readers' tensors (max abs diff recorded).
+
+Formats and exporters (torch 2.14; measured on this project's encoders):
+- "pt2": `torch.export.export` (batch dimension dynamic), saved with `torch.export.save`; load it with
+  `torch.export.load("model.pt2").module()`. It captures timm ResNets, the segmentation network, the tabular
+  encoder and the Transformer sequence encoder. It cannot capture the GRU sequence encoder:
+  `pack_padded_sequence` makes batch sizes from the data ("zeros(): argument 'size' ... got FakeTensor"). For a
+  model torch.export cannot capture, "pt2" falls back to "torchscript" (model.torchscript.pt) with a warning
+  that names the layer and torch.export's reason; torch's own deprecation warnings stay visible.
+- "torchscript": `torch.jit.trace` (deprecated by torch in favour of torch.export; a FutureWarning, shown). Still
+  the one file LibTorch (C++) loads without Python; ask for it explicitly with --formats. Tracing records the
+  operations one batch runs, so Python control flow on tensor values is frozen into the file: the check on
+  other batch sizes is what catches that.
+- "onnx": the torch.export-based exporter, `torch.onnx.export(dynamo=True)` (needs onnxscript), translating
+  the same torch.export program, at opset 18 (its translations' own; onnxruntime >= 1.14). Where torch.export cannot
+  capture the model (the GRU) or an operator has no translation, it falls back to the TorchScript-based
+  exporter, `torch.onnx.export(dynamo=False)`, which torch deprecates (its DeprecationWarning is shown); that
+  one turns the packing into an ONNX GRU with sequence lengths (it prints "The shape inference of
+  prim::PackPadded type is missing" from C++: harmless, as the check shows). onnx, onnxruntime and onnxscript
+  come with the `export` extra (pip install -e ".[export]"). It takes seconds where the TorchScript-based one
+  took under one (on a CPU: 3 s for a tiny ResNet, 11 s for the segmentation network).
+export.json records, per file, the exporter that wrote it and, for a fallback, why the first choice failed.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -42,14 +58,26 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from ..errors import ProjectError
+from . import deploy_preprocess
 
 if TYPE_CHECKING:
     from ..module import Model
+    from ..tasks import Task
 
-FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+FILES = {"pt2": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+DEFAULT_FORMATS = "pt2,onnx"
 RESULT_FILE = "export.json"
-# Opset 17 has LayerNormalization as one op and runs on onnxruntime >= 1.14 and TensorRT >= 8.6.
-ONNX_OPSET = 17
+SPEC_FILE = deploy_preprocess.SPEC_FILE  # preprocess.json
+PREPROCESS_FILE = "preprocess.py"
+# The opset torch's torch.export-based exporter translates to (a lower one would go through onnx's version
+# converter); the TorchScript-based fallback writes it too.
+ONNX_OPSET = 18
+# Raw rows of val samples that preprocess.py must turn into the readers' own tensors.
+PREPROCESS_CHECK_SAMPLES = 16
+
+
+class ExportFallbackWarning(UserWarning):
+    """torch's current exporter could not export the model, so its deprecated predecessor wrote the file."""
 
 
 def input_names(batch: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -152,10 +180,9 @@ class LayerTracker:
         return f"{self.names[module]} ({type(module).__name__})"
 
     def running(self, operator: str, model: nn.Module, example: tuple[torch.Tensor, ...]) -> str | None:
-        """The layer that calls `operator` (e.g. "aten::cummax"), from the scopes of a traced graph."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = torch.jit.trace(model, example, check_trace=False).inlined_graph
+        """The layer that calls `operator` (e.g. "aten::cummax"), from the scopes of a traced graph: for the
+        TorchScript-based exporters, which fail after tracing (torch.jit.trace's FutureWarning shows)."""
+        graph = torch.jit.trace(model, example, check_trace=False).inlined_graph
         modules = {name: module for module, name in self.names.items()}
         for node in graph.nodes():
             if node.kind() == operator:  # scope "__module.network/__module.network.fusion": the innermost last
@@ -165,21 +192,14 @@ class LayerTracker:
         return None
 
 
-def _hide_deprecations() -> None:
-    """Inside `warnings.catch_warnings()`: torch's notices that its TorchScript exporters are deprecated."""
-    warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
-    warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-
-
 @contextlib.contextmanager
 def tracing(tracker: LayerTracker) -> Iterator[list[TracerNote]]:
-    """Run an exporter: collect the tracer's warnings with the layer that caused them, hide torch's deprecation
-    notices about its own exporters, and let every other warning through."""
+    """Run an exporter: collect the tracer's warnings with the layer that caused them and show every other warning,
+    torch's deprecation notices included (Python hides DeprecationWarnings outside __main__ by default)."""
     notes: list[TracerNote] = []
     with warnings.catch_warnings(), tracker.watching():
         show = warnings.showwarning
-        _hide_deprecations()
+        warnings.simplefilter("default", DeprecationWarning)
         # The check below runs the file on other batch sizes, which is what this warning asks for.
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
         warnings.simplefilter("always", torch.jit.TracerWarning)
@@ -194,12 +214,56 @@ def tracing(tracker: LayerTracker) -> Iterator[list[TracerNote]]:
         yield notes
 
 
-def _save_torchscript(model: DeployedModel, example: tuple[torch.Tensor, ...], path: Path, meta: str) -> list[str]:
-    """Write the file; returns the names of the inputs it takes (all of them, in order)."""
+@dataclass
+class Capture:
+    """The model to export, its example inputs, and torch.export's program of it (captured once, when asked)."""
+
+    model: DeployedModel
+    example: tuple[torch.Tensor, ...]
+    output_name: str
+    tracker: LayerTracker
+    _program: torch.export.ExportedProgram | None = None
+    _error: Exception | None = None
+
+    def program(self) -> torch.export.ExportedProgram:
+        """The torch.export program (batch dimension dynamic); raises what torch.export raised, every time."""
+        if self._program is None and self._error is None:
+            batch = torch.export.Dim("batch", min=1)
+            # Inside the exporter's `tracing`, so the tracker names the layer it fails in. Gradients on: without
+            # them nn.TransformerEncoderLayer may take its fused fast path, which ONNX has no translation for.
+            try:
+                with torch.enable_grad():
+                    self._program = torch.export.export(
+                        self.model, self.example, dynamic_shapes=(tuple({0: batch} for _ in self.example),)
+                    )
+            except Exception as error:  # reported by the format that needed the program
+                self._error = CaptureError(describe_failure(error, self.tracker))
+                self._error.__cause__ = error
+        if self._error is not None:
+            raise self._error
+        return self._program
+
+
+class CaptureError(RuntimeError):
+    """torch.export could not capture the model; the message names the layer when it could be found."""
+
+
+# --- the exporters: each writes one file and returns the names of the inputs it takes ------------------------------
+def _save_pt2(capture: Capture, path: Path, meta: dict[str, str]) -> list[str]:
+    torch.export.save(capture.program(), path, extra_files={f"{key}.json": text for key, text in meta.items()})
+    return list(capture.model.names)
+
+
+def _load_pt2(path: Path, names: Sequence[str]) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
+    module = torch.export.load(path).module()
+    return lambda inputs: module(*inputs)
+
+
+def _save_torchscript(capture: Capture, path: Path, meta: dict[str, str]) -> list[str]:
     # check_trace=False: the tracer's own check reruns the same batch; the check below runs other batch sizes.
-    traced = torch.jit.trace(model, example, check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={"metadata.json": meta})
-    return list(model.names)
+    traced = torch.jit.trace(capture.model, capture.example, check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={f"{key}.json": text for key, text in meta.items()})
+    return list(capture.model.names)
 
 
 def _load_torchscript(path: Path, names: Sequence[str]) -> Callable[[tuple[torch.Tensor, ...]], torch.Tensor]:
@@ -207,24 +271,49 @@ def _load_torchscript(path: Path, names: Sequence[str]) -> Callable[[tuple[torch
     return lambda inputs: module(*inputs)
 
 
-def _save_onnx(model: DeployedModel, example: tuple[torch.Tensor, ...], path: Path, meta: str) -> list[str]:
-    """Write the file; returns the names of the inputs it takes (the exporter drops an input no layer reads, e.g.
-    tabular.categorical without categorical columns)."""
+def _save_onnx(capture: Capture, path: Path, meta: dict[str, str]) -> list[str]:
+    """The torch.export-based exporter, translating the captured program."""
+    program = capture.program()
+    names = list(capture.model.names)
+    # One named batch axis: every input's batch dimension is the same symbol, so naming the first names them all.
+    axes = tuple({0: "batch"} if i == 0 else None for i in range(len(names)))
+    onnx_program = torch.onnx.export(
+        program,
+        input_names=names,
+        output_names=[capture.output_name],
+        dynamic_shapes=(axes,),
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        verbose=False,
+    )
+    onnx_program.model.metadata_props.update(meta)  # onnxruntime: session.get_modelmeta().custom_metadata_map
+    # Weights inside the .onnx file, up to protobuf's 2 GB; beyond, in model.onnx.data next to it.
+    large = sum(p.numel() * p.element_size() for p in capture.model.parameters()) > 1.8e9
+    onnx_program.save(str(path), external_data=large)
+    return [value.name for value in onnx_program.model.graph.inputs]
+
+
+def _save_onnx_torchscript(capture: Capture, path: Path, meta: dict[str, str]) -> list[str]:
+    """The TorchScript-based exporter; it drops an input no layer reads (e.g. tabular.categorical without
+    categorical columns)."""
     import onnx
 
-    output = json.loads(meta)["output"]["name"]
-    torch.onnx.export(
-        model,
-        example,
-        str(path),
-        input_names=list(model.names),
-        output_names=[output],
-        dynamic_axes={name: {0: "batch"} for name in [*model.names, output]},
-        opset_version=ONNX_OPSET,
-        dynamo=False,  # see the module docstring
-    )
+    names = list(capture.model.names)
+    # Gradients on while tracing: without them nn.TransformerEncoderLayer takes its fused fast path
+    # (aten::_transformer_encoder_layer_fwd), which ONNX has no translation for.
+    with torch.enable_grad():
+        torch.onnx.export(
+            capture.model,
+            capture.example,
+            str(path),
+            input_names=names,
+            output_names=[capture.output_name],
+            dynamic_axes={name: {0: "batch"} for name in [*names, capture.output_name]},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {"metadata": meta})  # onnxruntime: session.get_modelmeta().custom_metadata_map
+    onnx.helper.set_model_props(proto, meta)
     onnx.save(proto, str(path))
     return [node.name for node in proto.graph.input]
 
@@ -242,29 +331,53 @@ def _load_onnx(path: Path, names: Sequence[str]) -> Callable[[tuple[torch.Tensor
     return run
 
 
-EXPORTERS = {"torchscript": (_save_torchscript, _load_torchscript), "onnx": (_save_onnx, _load_onnx)}
+@dataclass(frozen=True)
+class Exporter:
+    name: str  # as export.json records it
+    format: str  # the file it writes: a key of FILES
+    save: Callable[[Capture, Path, dict[str, str]], list[str]]
+    load: Callable[[Path, Sequence[str]], Callable[[tuple[torch.Tensor, ...]], torch.Tensor]]
+    deprecated: bool = False
+
+
+TORCH_EXPORT = Exporter("torch.export", "pt2", _save_pt2, _load_pt2)
+JIT_TRACE = Exporter("torch.jit.trace", "torchscript", _save_torchscript, _load_torchscript, deprecated=True)
+ONNX_DYNAMO = Exporter("torch.onnx.export(dynamo=True)", "onnx", _save_onnx, _load_onnx)
+ONNX_TORCHSCRIPT = Exporter(
+    "torch.onnx.export(dynamo=False)", "onnx", _save_onnx_torchscript, _load_onnx, deprecated=True
+)
+# Per format: torch's current exporter first, then the deprecated one it falls back to.
+EXPORTERS = {"pt2": [TORCH_EXPORT, JIT_TRACE], "torchscript": [JIT_TRACE], "onnx": [ONNX_DYNAMO, ONNX_TORCHSCRIPT]}
+# What to export instead when a format fails, in the one-line error.
+ALTERNATIVE = {"pt2": "onnx", "torchscript": "pt2", "onnx": "pt2"}
 
 
 def parse_formats(formats: str | Sequence[str]) -> list[str]:
-    """The formats asked for ("torchscript", "onnx", "torchscript,onnx" or a list), checked."""
+    """The formats asked for ("pt2", "onnx", "torchscript", comma-separated or a list), checked."""
     chosen = [part.strip() for part in formats.split(",")] if isinstance(formats, str) else list(formats)
     unknown = [name for name in chosen if name not in FILES]
     if unknown or not chosen:
-        raise ProjectError(f"formats={formats!r}: choose torchscript, onnx or both (torchscript,onnx)")
+        raise ProjectError(f"formats={formats!r}: choose from pt2, onnx, torchscript, comma-separated (pt2,onnx)")
     return list(dict.fromkeys(chosen))
 
 
 def require_onnx() -> dict[str, str]:
-    """The versions of onnx and onnxruntime, or a ProjectError saying how to install them."""
+    """The versions of onnx, onnxruntime and onnxscript, or a ProjectError saying how to install them."""
     try:
         import onnx
         import onnxruntime
+        import onnxscript
     except ImportError as error:
         raise ProjectError(
-            f'ONNX export needs onnx and onnxruntime ({error}): pip install -e ".[export]", '
-            "or export TorchScript only with --formats torchscript"
+            f'ONNX export needs onnx, onnxruntime and onnxscript ({error}): pip install -e ".[export]", '
+            "or export without ONNX: --formats pt2"
         ) from None
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "onnx_opset": str(ONNX_OPSET)}
+    return {
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxscript": onnxscript.__version__,
+        "onnx_opset": str(ONNX_OPSET),
+    }
 
 
 def sample_batch(dataset: Dataset, size: int, start: int = 0) -> dict[str, Any]:
@@ -275,30 +388,67 @@ def sample_batch(dataset: Dataset, size: int, start: int = 0) -> dict[str, Any]:
     return default_collate([dataset[(start + i) % count] for i in range(size)])
 
 
+# --- naming what failed -----------------------------------------------------------------------------------------------
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line.strip() for line in ANSI.sub("", str(error)).splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _advice(fmt: str) -> str:
-    others = [name for name in FILES if name != fmt]
-    skip = f"export {others[0]} only with --formats {others[0]}, or " if others else ""
-    return f"{skip}rewrite that layer with torch operations (no numpy, .item() or Python branches on tensor values)"
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception: torch.onnx's own first lines only say which of its steps failed."""
+    while error.__cause__ is not None and error.__cause__ is not error:
+        error = error.__cause__
+    return error
 
 
-def _failure(fmt: str, error: BaseException, tracker: LayerTracker, model: nn.Module, example: tuple) -> str:
-    """One line: the format, the layer running when it failed (or the layer calling the operator it cannot
-    translate), the exporter's own first line, and what to do."""
+def _operator(error: BaseException) -> str | None:
+    """The operator an exporter has no translation for, as "aten::cummax"."""
+    text = "\n".join(str(e) for e in (error, _root_cause(error)))
+    found = re.search(r"operator '?(\w+::\w+)", text) or re.search(r"op='(\w+)\.(\w+)'", text)
+    if not found:
+        return None
+    return found.group(1) if len(found.groups()) == 1 else "::".join(found.groups())
+
+
+def _layer_calling(program: torch.export.ExportedProgram, operator: str) -> str | None:
+    """The layer whose code calls `operator`, from the program's module stack: "network.1 (RunningMax)"."""
+    for node in program.graph.nodes:
+        name = getattr(node.target, "name", None)
+        if callable(name) and name() == operator and node.meta.get("nn_module_stack"):
+            path, kind = list(node.meta["nn_module_stack"].values())[-1]
+            return f"{path or 'the model'} ({str(getattr(kind, '__name__', kind)).rsplit('.', 1)[-1]})"
+    return None
+
+
+def describe_failure(error: BaseException, tracker: LayerTracker, capture: Capture | None = None) -> str:
+    """For a one-line error: ' in <layer>: <what the exporter said>', or ' at operator <op> in <layer>: ...'."""
+    if isinstance(error, CaptureError):
+        return str(error)
     where = f" in {tracker.current()}" if tracker.current() else ""
-    operator = re.search(r"operator '?(\w+::\w+)", str(error))
+    operator = _operator(error)
     if operator and not where:
-        try:
-            layer = tracker.running(operator.group(1), model, example)
-        except Exception:  # naming the layer is a courtesy; the operator is named anyway
+        layer = None
+        try:  # naming the layer is a courtesy; the operator is named anyway
+            if capture is not None and capture._program is not None:
+                layer = _layer_calling(capture._program, operator)
+            elif capture is not None:
+                layer = tracker.running(operator, capture.model, capture.example)
+        except Exception:  # a layer the tracer cannot follow either
             layer = None
-        where = f" at operator {operator.group(1)}" + (f" in {layer}" if layer else "")
-    return f"{fmt} export failed{where}: {_first_line(error)}; {_advice(fmt)}"
+        where = f" at operator {operator}" + (f" in {layer}" if layer else "")
+    return f"{where}: {_first_line(_root_cause(error))}"
+
+
+def _advice(fmt: str) -> str:
+    other = ALTERNATIVE[fmt]
+    return (
+        f"export {other} only with --formats {other}, or rewrite that layer with torch operations (no numpy, "
+        ".item() or Python branches on tensor values)"
+    )
 
 
 # Tracer warnings that point at the culprit first: values computed outside torch become constants of the trace.
@@ -328,11 +478,61 @@ def _hint(notes: list[TracerNote]) -> str:
     return f" (the tracer warned {'; and '.join(chosen)})" if chosen else ""
 
 
+# --- the deployment spec: preprocess.json and preprocess.py --------------------------------------------------------
+def preprocessing_spec(dataset: Dataset, names: Sequence[str], task: Task, meaning: str) -> dict[str, Any] | None:
+    """What preprocess.py needs: each input reader's `preprocessing` (keyed by its batch key) and the output's
+    decoding; None, with a warning, when a reader of the model's inputs does not describe its preprocessing."""
+    readers = [reader for reader in getattr(dataset, "readers", []) if hasattr(reader, "preprocessing")]
+    inputs = {}
+    for reader in readers:
+        spec = reader.preprocessing
+        inputs[next(iter(spec["inputs"])).split(".")[0]] = spec
+    described = [name for key in sorted(inputs) for name in inputs[key]["inputs"]]
+    if described != list(names):
+        warnings.warn(
+            f"export writes no {SPEC_FILE} / {PREPROCESS_FILE}: the data readers describe the inputs "
+            f"{described or 'none'}, the model takes {list(names)} (give a reader a `preprocessing` property)",
+            stacklevel=3,
+        )
+        return None
+    output: dict[str, Any] = {"name": task.output_name, "meaning": meaning, "task": task.name}
+    output["class_names"] = list(task.class_names)
+    output.update(task.output_decoding)  # how preprocess.py turns it into predictions.csv's columns
+    return {"format_version": 1, "input_order": list(names), "inputs": inputs, "output": output}
+
+
+def check_preprocessing(spec: dict[str, Any], dataset: Dataset, names: Sequence[str]) -> dict[str, Any]:
+    """Run deploy_preprocess on the raw rows of val samples; its arrays must equal the readers' tensors."""
+    rows = getattr(dataset, "rows", [])[:PREPROCESS_CHECK_SAMPLES]
+    if not rows:
+        return {"samples": 0, "max_abs_diff": None}
+    arrays = deploy_preprocess.Preprocessor(spec, root=rows[0].root)([row.values for row in rows])
+    expected = flat_inputs(default_collate([dataset[i] for i in range(len(rows))]), names)
+    differences = {}
+    for name, tensor in zip(names, expected, strict=True):
+        array = torch.from_numpy(arrays[name])
+        if array.shape != tensor.shape or array.dtype != tensor.dtype:
+            raise ProjectError(
+                f"{PREPROCESS_FILE} gives {name} as {array.dtype} {tuple(array.shape)} but the data readers give "
+                f"{tensor.dtype} {tuple(tensor.shape)}: change a reader's `preprocessing` and "
+                "practices/deploy_preprocess.py together"
+            )
+        differences[name] = float((array.double() - tensor.double()).abs().max()) if tensor.numel() else 0.0
+    worst = max(differences, key=differences.get)
+    if differences[worst] > 1e-6:
+        raise ProjectError(
+            f"{PREPROCESS_FILE} does not reproduce the data readers on val samples: {worst} differs by "
+            f"{differences[worst]:.3g}; change a reader's `preprocessing` and practices/deploy_preprocess.py together"
+        )
+    return {"samples": len(rows), "max_abs_diff": max(differences.values()), "per_input": differences}
+
+
+# --- export and check ------------------------------------------------------------------------------------------------
 def export_network(
     model: Model,
     dataset: Dataset,
     output_dir: Path,
-    formats: str | Sequence[str] = ("torchscript", "onnx"),
+    formats: str | Sequence[str] = DEFAULT_FORMATS,
     batch_size: int = 2,
     atol: float = 1e-4,
     source: str | None = None,
@@ -342,9 +542,10 @@ def export_network(
     Args:
         model: gives `network`, `task` (its activation, class names, name and what its output holds) and
             `inputs` (the batch keys it reads; contract.py); moved to the CPU in float32 and eval mode.
-        dataset: samples for the example and check batches (the val split).
-        output_dir: where the files and export.json go.
-        formats: "torchscript", "onnx" or both.
+        dataset: samples for the example and check batches (the val split); its readers' `preprocessing`
+            (data/image.py, tabular.py, sequence.py) go to preprocess.json, checked on its raw rows.
+        output_dir: where the files, preprocess.json / preprocess.py and export.json go.
+        formats: "pt2", "onnx", "torchscript", comma-separated.
         batch_size: the example batch's size; the files are checked on batches of 1 and 2 * batch_size + 1.
         atol: the largest allowed difference to the checkpoint's outputs, times the largest output when that is
             above 1 (regression values in target units).
@@ -378,52 +579,41 @@ def export_network(
         ],
         "output": {"name": task.output_name, "shape": output_shape, "meaning": meaning},
     }
-    meta = json.dumps(description)
+    spec = preprocessing_spec(dataset, names, task, meaning)
+    preprocess_check = check_preprocessing(spec, dataset, names) if spec is not None else None
+    meta = {"metadata": json.dumps(description), **({"preprocessing": json.dumps(spec)} if spec else {})}
     output_dir.mkdir(parents=True, exist_ok=True)
     tracker = LayerTracker(deployed)
+    capture = Capture(deployed, example, task.output_name, tracker)
     rows: list[dict[str, Any]] = []
     for fmt in chosen:
-        save, load = EXPORTERS[fmt]
-        path = output_dir / FILES[fmt]
-        started = time.perf_counter()
-        # Gradients on while tracing: without them nn.TransformerEncoderLayer takes its fused fast path
-        # (aten::_transformer_encoder_layer_fwd), which ONNX has no translation for.
-        with tracing(tracker) as notes, torch.enable_grad():
-            try:
-                takes = save(deployed, example, path, meta)
-            except Exception as error:  # the tracer's or the exporter's: name the format and the layer
-                path.unlink(missing_ok=True)
-                raise ProjectError(_failure(fmt, error, tracker, deployed, example)) from error
-        seconds = time.perf_counter() - started
-        try:
-            with warnings.catch_warnings():
-                _hide_deprecations()
-                difference, tolerance, failed_on = compare(load(path, names), checks, expected, atol)
-        except Exception as error:  # the file does not load, or does not run on another batch size
-            path.unlink(missing_ok=True)
-            raise ProjectError(
-                f"{fmt} export does not reproduce the checkpoint on a new batch: {_first_line(error)}{_hint(notes)}; "
-                f"{_advice(fmt)}"
-            ) from error
-        rows.append(
-            {"format": fmt, "file": path.name, "max_abs_diff": difference, "tolerance": tolerance,
-             "passed": failed_on is None, "seconds": round(seconds, 2), "inputs": takes}
-        )  # fmt: skip
-        if failed_on is not None:
+        # A fallback to a format also asked for is left to that format's own turn.
+        chain = [exporter for exporter in EXPORTERS[fmt] if exporter.format == fmt or exporter.format not in chosen]
+        row = _export_format(fmt, chain, capture, output_dir, meta, checks, expected, atol)
+        if row is None:
+            continue
+        rows.append(row)
+        if not row["passed"]:
             print_table(rows)
-            path.unlink(missing_ok=True)  # a file that does not compute what the checkpoint does is not kept
-            raise ProjectError(
-                f"{fmt} export does not reproduce the checkpoint: max abs difference {difference:.3g} > tolerance "
-                f"{tolerance:.3g} on a batch of {failed_on}{_hint(notes)}; {_advice(fmt)}"
-            )
+            raise ProjectError(row.pop("error"))
     sizes = [len(inputs[0]) for inputs in checks]
     print(f"\nExported {source or 'the model'}, checked on val batches of {' and '.join(map(str, sizes))} samples:")
     print_table(rows)
+    files = {row["format"]: row["file"] for row in rows}
+    if spec is not None:
+        (output_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        shutil.copyfile(deploy_preprocess.__file__, output_dir / PREPROCESS_FILE)
+        files["preprocessing"] = [SPEC_FILE, PREPROCESS_FILE]
+        print(
+            f"  {PREPROCESS_FILE} + {SPEC_FILE}: raw rows of {preprocess_check['samples']} val samples -> the "
+            f"readers' tensors, max abs diff {preprocess_check['max_abs_diff']:.3g}"
+        )
     result = {
         "checkpoint": source,
         **description,
-        "files": {row["format"]: row["file"] for row in rows},
+        "files": files,
         "checks": rows,
+        "preprocess_check": preprocess_check,
         "example_batch_size": batch_size,
         "check_batch_sizes": sizes,
         "versions": versions,
@@ -431,6 +621,79 @@ def export_network(
     (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(f"Files and {RESULT_FILE} in {output_dir}")
     return result
+
+
+def _export_format(
+    fmt: str,
+    chain: list[Exporter],
+    capture: Capture,
+    output_dir: Path,
+    meta: dict[str, str],
+    checks: list[tuple[torch.Tensor, ...]],
+    expected: list[torch.Tensor],
+    atol: float,
+) -> dict[str, Any] | None:
+    """Export `fmt` with the first exporter of `chain` that can, and check the file: its export.json row
+    (row["passed"] False, with the one-line "error", when the file does not reproduce the checkpoint). Raises
+    ProjectError when every exporter raised; None when the chain was cut short (its fallback format has a turn
+    of its own)."""
+    failures: list[tuple[Exporter, str]] = []  # (exporter, " in <layer>: <what it said>")
+    for exporter in chain:
+        path = output_dir / FILES[exporter.format]
+        started = time.perf_counter()
+        with tracing(capture.tracker) as notes:
+            try:
+                takes = exporter.save(capture, path, meta)
+            except Exception as error:  # the tracer's or the exporter's: name the format and the layer
+                path.unlink(missing_ok=True)
+                failures.append((exporter, describe_failure(error, capture.tracker, capture)))
+                last_error = error
+                continue
+        seconds = time.perf_counter() - started
+        try:
+            difference, tolerance, failed_on = compare(exporter.load(path, capture.model.names), checks, expected, atol)
+        except Exception as error:  # the file does not load, or does not run on another batch size
+            path.unlink(missing_ok=True)
+            problem = f"does not reproduce the checkpoint on a new batch: {_first_line(error)}{_hint(notes)}"
+            raise ProjectError(_failed(fmt, failures[0] if failures else None, exporter, problem)) from error
+        row = {
+            "format": exporter.format, "requested": fmt, "exporter": exporter.name, "file": path.name,
+            "max_abs_diff": difference, "tolerance": tolerance, "passed": failed_on is None,
+            "seconds": round(seconds, 2), "inputs": takes,
+            "fallback_from": [{"exporter": e.name, "reason": why.strip(" :")} for e, why in failures] or None,
+        }  # fmt: skip
+        if failed_on is not None:
+            path.unlink(missing_ok=True)  # a file that does not compute what the checkpoint does is not kept
+            problem = (
+                f"does not reproduce the checkpoint: max abs difference {difference:.3g} > tolerance {tolerance:.3g} "
+                f"on a batch of {failed_on}{_hint(notes)}"
+            )
+            row["error"] = _failed(fmt, failures[0] if failures else None, exporter, problem)
+        elif failures:
+            first, why = failures[0]
+            warnings.warn(
+                f"{fmt}: {first.name} cannot export this model{why}; {exporter.name} wrote {path.name} instead, "
+                "an exporter torch deprecates (practices/export.py says why)",
+                ExportFallbackWarning,
+                stacklevel=3,
+            )
+        return row
+    if chain[-1] is not EXPORTERS[fmt][-1]:  # its fallback is a format of its own here
+        first, why = failures[0]
+        message = f"{fmt}: {first.name} cannot export this model{why}; no {FILES[fmt]}, see the {chain[-1].format} file"
+        warnings.warn(message, ExportFallbackWarning, stacklevel=3)
+        return None
+    last, why = failures[-1]
+    first = failures[0] if len(failures) > 1 else None
+    raise ProjectError(_failed(fmt, first, last, f"failed{' too' if first else ''}{why}")) from last_error
+
+
+def _failed(fmt: str, first: tuple[Exporter, str] | None, exporter: Exporter, problem: str) -> str:
+    """One line: the first exporter's failure when there was one (it names the culprit best), then what `exporter`,
+    its fallback, did; and what to do."""
+    if first is None:
+        return f"{fmt} export {problem}; {_advice(fmt)}"
+    return f"{fmt} export failed{first[1]}; its fallback, {exporter.name}, {problem}; {_advice(fmt)}"
 
 
 def compare(
@@ -458,9 +721,10 @@ def compare(
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"  {'format':<12} {'file':<22} {'max abs diff':>12} {'tolerance':>10} {'seconds':>8}  result")
+    header = f"{'format':<12} {'file':<22} {'exporter':<32} {'max abs diff':>12} {'tolerance':>10} {'seconds':>8}"
+    print(f"  {header}  result")
     for row in rows:
         print(
-            f"  {row['format']:<12} {row['file']:<22} {row['max_abs_diff']:>12.3g} {row['tolerance']:>10.3g} "
-            f"{row['seconds']:>8.2f}  {'pass' if row['passed'] else 'FAIL'}"
+            f"  {row['format']:<12} {row['file']:<22} {row['exporter']:<32} {row['max_abs_diff']:>12.3g} "
+            f"{row['tolerance']:>10.3g} {row['seconds']:>8.2f}  {'pass' if row['passed'] else 'FAIL'}"
         )

@@ -7,6 +7,7 @@ line its help): `python -m PACKAGE baseline ...`, `python -m PACKAGE diagnose --
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from pytorch_lightning import Trainer
 from ..errors import ProjectError
 from . import baselines, lr_finder, runs
 from .callbacks.diagnosis import Diagnosis, load_weights
-from .export import export_network
+from .export import DEFAULT_FORMATS, export_network
 
 
 class ProjectTrainer(Trainer):
@@ -77,25 +78,35 @@ class ProjectTrainer(Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule,
         ckpt_path: str | None = None,
-        formats: str | list[str] = "torchscript,onnx",
+        formats: str | list[str] = DEFAULT_FORMATS,
         output_dir: str | None = None,
         batch_size: int = 2,
         atol: float = 1e-4,
     ) -> dict[str, Any]:
-        """Export a checkpoint to TorchScript and ONNX (dynamic batch), checked against the checkpoint's outputs.
+        """Export a checkpoint to torch.export and ONNX (dynamic batch) with its preprocessing, checked against it.
 
         Args:
             model: the architecture; the checkpoint's weights are loaded into it (exported in float32 on the CPU).
-            datamodule: val samples for the example inputs and the check.
+            datamodule: val samples for the example inputs and the check; its readers' preprocessing (what they
+                learned from train) goes to preprocess.json: use the data settings of the fit.
             ckpt_path: a checkpoint file, or "best" / "last" for the newest run's.
-            formats: torchscript, onnx, or both: torchscript,onnx (ONNX needs pip install -e ".[export]").
+            formats: pt2 (torch.export), onnx, torchscript (torch.jit.trace, deprecated by torch), comma-separated
+                (ONNX needs pip install -e ".[export]"); practices/export.py says which exporter writes each.
             output_dir: where the files and export.json go; None: the export run's folder, <run>/export.
             batch_size: samples in the example batch; the files are checked on batches of 1 and 2 * batch_size + 1.
             atol: the largest allowed difference to the checkpoint's outputs (times the largest output when above 1).
         """
         if not ckpt_path:
             raise ProjectError("export needs --ckpt_path: a checkpoint file, 'best' or 'last'")
-        load_weights(model, ckpt_path)
+        checkpoint = load_weights(model, ckpt_path)
+        trained_on = checkpoint.get("provenance", {}).get("data_fingerprint")
+        if trained_on and trained_on != getattr(datamodule, "fingerprint", None):
+            warnings.warn(
+                f"The data differ from the checkpoint's (fingerprint {trained_on}, now {datamodule.fingerprint}): "
+                "preprocess.json holds the statistics and vocabularies of the current train split, which may not "
+                "be the ones the model was trained with; export with the fit's data.* settings",
+                stacklevel=2,
+            )
         output = Path(output_dir) if output_dir else Path(self.default_root_dir) / "export"
         val = datamodule.dataset("val")
         return export_network(model, val, output, formats, batch_size, atol, source=str(ckpt_path))

@@ -172,6 +172,9 @@ class Task:
     # --- export (practices/export.py) -------------------------------------------------------------------------------
     output_name = "outputs"  # the exported model's output, named after what `activation` gives
     output_meaning = ""  # what it holds, with its shape; "" says "<Task class>.activation of the outputs"
+    # How the exported preprocess.py (practices/deploy_preprocess.py) turns the output into predictions.csv's
+    # columns, as {"decode": one of DECODERS there, ...its options}; {} when it has no decoder for this task.
+    output_decoding: dict[str, Any] = {}
 
     # --- toy data (data/toy.py): a small learnable dataset in the format the data reads ---------------------------
     toy_target_columns: tuple[str, ...] = ("target",)  # the CSV columns a toy row's target is written to

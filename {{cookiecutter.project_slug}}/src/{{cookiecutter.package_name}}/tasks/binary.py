@@ -113,6 +113,7 @@ class BinaryTask(Task):
     look_at = "the confusion matrix"
     output_name = "probabilities"
     output_meaning = "probability of the positive class, class_names[1] (sigmoid), [batch, 1]"
+    output_decoding = {"decode": "threshold", "threshold": 0.5}  # prediction_rows' threshold
 
     def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
         """The logit of the positive class's training frequency."""

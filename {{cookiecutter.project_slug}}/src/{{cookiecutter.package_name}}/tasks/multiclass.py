@@ -103,6 +103,7 @@ class MulticlassTask(Task):
     regularizers = ("`model.task.label_smoothing`",)
     output_name = "probabilities"
     output_meaning = "probability of each class (softmax), [batch, classes]"
+    output_decoding = {"decode": "argmax"}
 
     def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
         """Log class frequencies: the most frequent training class wins."""

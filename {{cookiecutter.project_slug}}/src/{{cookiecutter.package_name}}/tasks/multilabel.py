@@ -144,6 +144,7 @@ class MultilabelTask(Task):
     look_at = "the per-label table"
     output_name = "probabilities"
     output_meaning = "probability of each label (sigmoid), [batch, labels]"
+    output_decoding = {"decode": "thresholds", "threshold": 0.5}  # prediction_rows' threshold
 
     def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
         """The logit of each label's training frequency."""

@@ -160,6 +160,7 @@ class RegressionTask(Task):
     look_at = "the residuals per target"
     output_name = "values"
     output_meaning = "predicted values in the targets' own units, [batch, targets]"
+    output_decoding = {"decode": "values"}
 
     def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
         """The training mean of every (standardized) target."""

@@ -198,6 +198,10 @@ class SegmentationTask(Task):
     example_pictures = ("image", "true mask", "predicted mask")
     output_name = "probabilities"
     output_meaning = "probability of each class per pixel (softmax), [batch, classes, height, width]"
+    output_decoding = {
+        "decode": "pixel_argmax",
+        "resolution": "the network's input: the resized, centre-cropped image",
+    }
 
     def baseline_features(self, inputs: dict[str, dict[str, Any]], feature_size: int) -> torch.nn.Module:
         return PixelFeatures()

@@ -43,14 +43,17 @@ def _one_thread_per_test_process() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+def _offline_and_quiet(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same for the commands tests start as subprocesses
+    # Caches (the checked-images list) go to the test session's folder, not the user's ~/.cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
     # No test may reach a server or wait for input.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # Tests started inside a SLURM job or torchrun must still get a run folder per command.
-    for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "RANK", "PROJECT_RUN_DIR"):
+    job = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    for var in (*job, "TORCHELASTIC_RUN_ID", "RANK", "PROJECT_RUN_DIR"):
         monkeypatch.delenv(var, raising=False)
 
 

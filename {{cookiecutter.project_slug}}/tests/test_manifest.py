@@ -123,7 +123,7 @@ def test_regression_targets_are_standardized_with_train_statistics(data: Path) -
     targets = torch.stack([item["target"] for item in datamodule.dataset("train")])
     assert torch.allclose(targets.mean(0), torch.zeros(targets.shape[1]), atol=1e-5)
     line = set_cell(data / "train.csv", 4, "target", "n/a")
-    with pytest.raises(DataError, match=rf"train\.csv line {line}, column 'target': target 'n/a' is not a finite"):
+    with pytest.raises(DataError, match=rf"train\.csv line {line}, column 'target': 'n/a' is not a number"):
         project_datamodule(data)
 
 

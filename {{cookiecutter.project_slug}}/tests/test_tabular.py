@@ -70,12 +70,11 @@ def test_vocabulary_does_not_depend_on_row_order(tmp_path: Path) -> None:
     assert specs[0] == specs[1] == ({"numeric": 0, "categorical": [4]}, [2])
 
 
-def test_column_all_missing_in_train_is_zero_with_indicator(tmp_path: Path) -> None:
+def test_column_all_missing_in_train_is_refused(tmp_path: Path) -> None:
+    # Nothing to learn from, and nothing to standardize val/test values with: a raw 5 would reach the model.
     reader = TabularReader(["x"], [])
-    reader.fit(rows([{"x": "NA"}, {"x": ""}], "train.csv", tmp_path))
-    (row,) = rows([{"x": "5"}], "val.csv", tmp_path)
-    torch.testing.assert_close(reader.read(row, train=False)["tabular"]["numeric"], torch.tensor([5.0, 0.0]))
-    assert reader.read(row, train=False)["tabular"]["categorical"].shape == (0,)
+    with pytest.raises(DataError, match=r"train\.csv: column 'x' has no value in any train row"):
+        reader.fit(rows([{"x": "NA"}, {"x": ""}], "train.csv", tmp_path))
 
 
 def test_non_numeric_cell_is_named_by_file_line_and_column(reader: TabularReader, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ the encoder can ignore the padding.
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 from collections import Counter
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .table import Row
+from .table import Row, parse_number
 
 KINDS = ("tokens", "numeric")
 PAD, UNKNOWN = 0, 1  # token ids reserved before the vocabulary; 0 is also the padding value of numeric series
@@ -68,18 +67,8 @@ class SequenceReader:
     def _parse_numbers(self, row: Row, text: str) -> list[float]:
         numbers = []
         for token in text.split():
-            try:
-                number = float(token)
-            except ValueError:
-                raise DataError(
-                    f"{row.where(self.column)}: {token!r} is not a number "
-                    "(a numeric sequence is whitespace-separated numbers)"
-                ) from None
-            if not math.isfinite(number):  # one NaN would turn every standardized value and the loss into NaN
-                raise DataError(
-                    f"{row.where(self.column)}: {token!r} is not a finite number (no NaN or inf in a series)"
-                )
-            numbers.append(number)
+            # One NaN would turn every standardized value and the loss into NaN.
+            numbers.append(parse_number(token, row.where(self.column), "a series is whitespace-separated numbers"))
         if not numbers:
             raise DataError(
                 f"{row.where(self.column)}: the numeric sequence is empty (expected whitespace-separated numbers)"
@@ -129,6 +118,43 @@ class SequenceReader:
         if self.kind == "tokens":
             return {"kind": "tokens", "vocab_size": len(self.vocabulary) or 2, "max_length": self.max_length}
         return {"kind": "numeric", "channels": 1, "max_length": self.max_length}
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What turns a row's raw cell into the "sequence" inputs (export writes it to preprocess.json)."""
+        if not self.fitted:
+            raise RuntimeError("SequenceReader.fit(train_rows) must run before preprocessing")
+        length = self.max_length
+        common = {"kind": "sequence", "column": self.column, "sequence_kind": self.kind, "max_length": length}
+        mask = {"dtype": "bool", "shape": [length]}
+        if self.kind == "tokens":
+            return {
+                **common,
+                "inputs": {"sequence.values": {"dtype": "int64", "shape": [length]}, "sequence.mask": mask},
+                "lowercase": True,
+                "token_pattern": TOKEN_PATTERN.pattern,
+                "pad_index": PAD,
+                "unknown_index": UNKNOWN,
+                "vocabulary": self.vocabulary,
+                "steps": [
+                    "tokens = re.findall(token_pattern, cell.lower()) (Python's re), the first max_length kept",
+                    "ids = vocabulary.index(token), unknown_index for a token not in it; an empty text is one "
+                    "unknown token",
+                    "values = ids padded with pad_index to max_length (int64); mask = True on the real steps",
+                ],
+            }
+        return {
+            **common,
+            "inputs": {"sequence.values": {"dtype": "float32", "shape": [length, 1]}, "sequence.mask": mask},
+            "mean": self.mean,
+            "std": self.std,
+            "pad_value": 0.0,
+            "steps": [
+                "numbers = [float(token) for token in cell.split()] (finite, at least one), the first max_length kept",
+                "values = (number - mean) / std in float64, as float32 [max_length, 1], padded with pad_value",
+                "mask = True on the real steps",
+            ],
+        }
 
     def describe(self) -> str:
         """One line for the run log: what was learned from train, and how much truncation cut off."""

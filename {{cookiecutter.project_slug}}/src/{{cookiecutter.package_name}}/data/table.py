@@ -8,12 +8,15 @@ of every split before training starts (`check`), and turn one row into batch-con
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import DataError
 
+FLOAT32_MAX = 3.4028234663852886e38
 MISSING_VALUES = frozenset({"", "na", "nan", "null", "none"})
 
 
@@ -66,20 +69,53 @@ class Reader(Protocol):
         """What the model needs to build its encoder or head (JSON-able)."""
 
 
-def read_csv(path: Path, required: list[str], root: Path) -> list[Row]:
-    """The rows of one manifest CSV; DataError when a configured column is missing or the file is empty."""
+def parse_number(value: str, where: str, hint: str) -> float:
+    """A cell's number: finite and within float32's range, which the model computes in (a larger magnitude is a
+    unit or parsing error, and its square would overflow the statistics). DataError naming the cell otherwise."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            header = reader.fieldnames or []
-            missing = [column for column in required if column not in header]
-            if missing:
-                raise DataError(
-                    f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(header) or 'none'}); "
-                    "set the data.*_column(s) config keys to the names your CSV uses"
-                )
-            rows = [Row(dict(values), path, line, root) for line, values in enumerate(reader, start=2)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{where}: {value!r} is not a number ({hint})") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: {value!r} is not a finite number ({hint})")
+    if abs(number) > FLOAT32_MAX:
+        raise DataError(f"{where}: {value!r} is beyond float32's range (±3.4e38), which the model computes in")
+    return number
+
+
+def _decoded(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is named by its line (spreadsheets often save Latin-1 / cp1252)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line} is not UTF-8 text (byte {data[error.start]:#x}): save the CSV as UTF-8"
+        ) from None
+
+
+def read_csv(path: Path, required: list[str], root: Path) -> list[Row]:
+    """The rows of one manifest CSV; DataError when a configured column is missing, a row's cells do not match the
+    header, or the file is empty."""
+    try:
+        reader = csv.reader(io.StringIO(_decoded(path), newline=""))
+        header = next(reader, [])
+        missing = [column for column in required if column not in header]
+        if missing:
+            raise DataError(
+                f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(header) or 'none'}); "
+                "set the data.*_column(s) config keys to the names your CSV uses"
+            )
+        rows = []
+        for cells in reader:
+            line = reader.line_num  # the file line the row ends on (a quoted cell may span lines)
+            if not cells:  # a blank line
+                continue
+            if len(cells) != len(header):
+                raise DataError(f"{path} line {line}: {len(cells)} cells, but the header has {len(header)} columns")
+            rows.append(Row(dict(zip(header, cells, strict=True)), path, line, root))
+    except (OSError, csv.Error) as error:
         raise DataError(f"cannot read {path}: {error}") from None
     if not rows:
         raise DataError(f"{path} has a header but no rows: the split is empty")

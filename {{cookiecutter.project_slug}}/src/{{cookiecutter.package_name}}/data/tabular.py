@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from .table import Row, is_missing
+from .table import MISSING_VALUES, Row, is_missing, parse_number
 
 MISSING_HINT = "missing values: empty, NA, NaN, null, None"
 
@@ -53,11 +53,11 @@ class TabularReader:
         means, stds = [], []
         for index in range(len(self.numeric_columns)):
             values = [numbers[index] for numbers in parsed if numbers[index] is not None]
-            if not values:
-                # Nothing to learn from: every value becomes 0 after standardizing, the indicator carries the signal.
-                means.append(0.0)
-                stds.append(1.0)
-                continue
+            if not values:  # nothing to learn from: a wrong column name or a broken export, not a feature
+                raise DataError(
+                    f"{rows[0].file}: column {self.numeric_columns[index]!r} has no value in any train row; fill it "
+                    "or remove it from data.tabular.numeric_columns"
+                )
             mean = math.fsum(values) / len(values)
             std = math.sqrt(math.fsum((value - mean) ** 2 for value in values) / len(values))
             means.append(mean)
@@ -105,6 +105,35 @@ class TabularReader:
             "categorical": [len(vocabulary) + 1 for vocabulary in self._vocabularies],
         }
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What turns a row's raw cells into the "tabular" inputs (export writes it to preprocess.json)."""
+        mean, std = self._fitted()
+        numeric, categorical = len(self.numeric_columns), len(self.categorical_columns)
+        return {
+            "kind": "tabular",
+            "inputs": {
+                "tabular.numeric": {"dtype": "float32", "shape": [2 * numeric]},
+                "tabular.categorical": {"dtype": "int64", "shape": [categorical]},
+            },
+            "numeric_columns": [
+                {"column": column, "mean": m, "std": s}
+                for column, m, s in zip(self.numeric_columns, mean.tolist(), std.tolist(), strict=True)
+            ],
+            "missing_values": sorted(MISSING_VALUES),
+            "categorical_columns": [
+                {"column": column, "vocabulary": vocabulary, "unknown_index": 0}
+                for column, vocabulary in zip(self.categorical_columns, self._vocabularies, strict=True)
+            ],
+            "steps": [
+                "a cell is missing when cell.strip().lower() is one of missing_values",
+                "numeric: float(cell) (finite), then (value - mean) / std in float64; a missing cell gives 0",
+                f"tabular.numeric = the {numeric} standardized values, then {numeric} is-missing flags (1.0 / 0.0), "
+                "as float32",
+                "categorical: vocabulary[cell.strip()], or unknown_index (0) for a missing or unseen value; int64",
+            ],
+        }
+
     def describe(self) -> str:
         """One line for the logs: how many inputs of each kind, and the size of each vocabulary."""
         line = (
@@ -129,11 +158,5 @@ class TabularReader:
             if is_missing(value):
                 numbers.append(None)
                 continue
-            try:
-                number = float(value)
-            except ValueError:
-                raise DataError(f"{row.where(column)}: {value!r} is not a number ({MISSING_HINT})") from None
-            if not math.isfinite(number):
-                raise DataError(f"{row.where(column)}: {value!r} is not a finite number ({MISSING_HINT})")
-            numbers.append(number)
+            numbers.append(parse_number(value, row.where(column), MISSING_HINT))
         return numbers

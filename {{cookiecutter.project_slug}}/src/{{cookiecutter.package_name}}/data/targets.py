@@ -8,13 +8,13 @@ image reader reads them together with their image.)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from ..errors import DataError
-from .table import Row, is_missing
+from .table import Row, is_missing, parse_number
 
 
 class ClassTarget:
@@ -80,6 +80,17 @@ class MultilabelTarget:
             self.class_names = [f"label_{i}" for i in range(len(self._values(rows[0])))]
         if not self.class_names:
             raise DataError(f"{rows[0].where(self.column)}: no labels in the first row")
+        positives = [0.0] * len(self.class_names)
+        for row in rows:
+            values = self._values(row)
+            if len(values) == len(positives):  # a row of the wrong width is named by check()
+                positives = [count + value for count, value in zip(positives, values, strict=True)]
+        never = [name for name, count in zip(self.class_names, positives, strict=True) if count == 0]
+        if never:
+            rank_zero_warn(
+                f"{rows[0].file}: label {', '.join(map(repr, never))} is never positive in train: the model cannot "
+                "learn it, and its val/test AP is undefined (torchmetrics then warns without naming it)"
+            )
 
     def check(self, rows: list[Row]) -> None:
         width = len(self.class_names)
@@ -117,13 +128,9 @@ class RegressionTarget:
         values = []
         for column in self.columns:
             raw = row.get(column).strip()
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise DataError(f"{row.where(column)}: target {raw!r} is not a finite number")
-            values.append(value)
+            if is_missing(raw):
+                raise DataError(f"{row.where(column)}: the target is missing")
+            values.append(parse_number(raw, row.where(column), "a regression target"))
         return values
 
     def fit(self, rows: list[Row]) -> None:

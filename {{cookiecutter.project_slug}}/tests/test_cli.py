@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -323,7 +325,14 @@ def test_corrupt_image_gives_one_line_naming_the_file(tiny_data: Path, tmp_path:
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     broken = sorted((data / "train").rglob("*.png") if CLASS_FOLDERS else (data / "images" / "train").glob("*.png"))[0]
-    broken.write_bytes(b"\x89PNG truncated")
+    # A PNG whose structure and checksums are right (the check before training passes it) but whose pixel data
+    # is not compressed data: it fails only when decoded, in a loader worker.
+    header = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", b"not zlib data"), (b"IEND", b"")]
+    broken.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+    )
     # One loader worker, so the error crosses a process boundary like it does in real training.
     args = cli_args(
         "fit",

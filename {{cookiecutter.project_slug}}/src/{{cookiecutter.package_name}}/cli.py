@@ -45,12 +45,14 @@ from pytorch_lightning.utilities import rank_zero_only
 from .data import toy
 from .data.datamodule import DataModule
 from .errors import ProjectError
-from .practices import multirun, runs, sweep
+from .practices import compatibility, multirun, runs, sweep
 from .practices.callbacks.checkpoint import LastEveryEpochCheckpoint
 from .practices.callbacks.ensembles import Ensembles
 from .practices.callbacks.prediction_writer import CSVPredictionWriter
 from .practices.callbacks.progress import progress_bar_for
-from .practices.checkpoint_io import AtomicCheckpointIO
+from .practices.callbacks.resume import ConfiguredOptimizerOnResume
+from .practices.checkpoint_io import AtomicCheckpointIO, read_checkpoint
+from .practices.compatibility import TrainedOn
 from .practices.loggers import (
     LIGHTNING_CSV_LOGGERS,
     HParamsMetric,
@@ -161,11 +163,31 @@ class ProjectCLI(LightningCLI):
         parser.link_arguments("data.target_stats", "model.init_args.target_stats", apply_on="instantiate")
         parser.link_arguments("data.input_specs", "model.init_args.inputs", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's step that reads an explicit --ckpt_path's model hyperparameters into the config (to rebuild the
+        model the checkpoint was trained as), preceded by the project's: `last` / `best` become the file they name,
+        the file is read as data only (one line if it would run code or is no checkpoint), and a checkpoint of
+        another task is refused in one line. A resumed fit keeps the configured settings: a new
+        --model.optimizer.lr applies (practices/callbacks/resume.py) and config.yaml states what ran."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        self.ckpt_path = self.checkpoint = None
+        if "ckpt_path" not in config:  # `baseline` and `lr-find` take no checkpoint
+            return
+        given = config.ckpt_path
+        self.ckpt_path = self._resolve_ckpt_path(config.runs_dir, given)
+        config.ckpt_path = str(self.ckpt_path) if self.ckpt_path else None
+        if self.ckpt_path is None:
+            return
+        # Checked in full against the model and data once they are built (instantiate_classes).
+        self.checkpoint = compatibility.metadata(read_checkpoint(self.ckpt_path))
+        compatibility.check_configured_task(self.ckpt_path, self.checkpoint, config.get("model"))
+        if subcommand != "fit" and given not in ("last", "best"):
+            super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        ckpt_path = self._resolve_ckpt_path(config.runs_dir, config.get("ckpt_path"))
-        if "ckpt_path" in config:  # `baseline` takes no checkpoint
-            config.ckpt_path = str(ckpt_path) if ckpt_path else None
+        ckpt_path = self.ckpt_path
         resuming = ckpt_path is not None and self.subcommand == "fit"
         # A resumed fit continues in its own folder and its own logger runs.
         run_dir = runs.run_dir_of_checkpoint(ckpt_path) if resuming else None
@@ -174,7 +196,7 @@ class ProjectCLI(LightningCLI):
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
         loggers = _as_list(config.trainer.logger)
-        versions, self.resumed_step = runs.saved_run_state(ckpt_path) if resuming else ([], None)
+        versions, self.resumed_step = runs.saved_run_state(self.checkpoint) if resuming else ([], None)
         for logger, version in itertools.zip_longest(loggers, versions[: len(loggers)]):
             # Lightning's CSVLogger deletes a version's metrics.csv when a fit resumes into it: the project's
             # subclass (same arguments) continues it.
@@ -201,6 +223,8 @@ class ProjectCLI(LightningCLI):
                 f"model.class_path={type(self.model).__module__}.{type(self.model).__qualname__} lacks "
                 f"{', '.join(missing)}: the project's commands need a module that meets contract.ProjectModule"
             )
+        if self.checkpoint is not None:  # trained for this task, classes, inputs and architecture?
+            compatibility.check(self.ckpt_path, self.checkpoint, self.model, self.datamodule)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         recipes = [
@@ -211,6 +235,8 @@ class ProjectCLI(LightningCLI):
         ]
         if self.subcommand == "fit":  # EMA / SWA / snapshots
             recipes += self._get(self.config_init, "ensembles").callbacks()
+        if self.subcommand == "fit" and self.checkpoint is not None:  # a new --model.optimizer.lr applies on resume
+            recipes.append(ConfiguredOptimizerOnResume())
         trainer_config = self._get(self.config_init, "trainer")
         # First, so that e.g. the prediction writer sees the test-time-augmented outputs.
         callbacks = recipes + _as_list(trainer_config.get("callbacks"))
@@ -224,6 +250,13 @@ class ProjectCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        if self.checkpoint is not None:  # nothing to train, or a finished run extended by accident: one line
+            note = runs.check_resume(
+                self.ckpt_path, self.checkpoint, runs.run_dir_of_checkpoint(self.ckpt_path),
+                self.trainer.max_epochs, self.trainer.max_steps,
+            )  # fmt: skip
+            if note and self.trainer.is_global_zero:
+                print(note)
         if self.resumed_step is not None:  # the rows / points logged after the checkpoint are redone: drop them
             continue_histories(self.trainer.loggers, self.resumed_step)
 
@@ -263,6 +296,8 @@ class ProjectCLI(LightningCLI):
             "seconds": round(time.perf_counter() - self._started, 1),
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
+            "max_epochs": trainer.max_epochs,  # a resume must raise a limit to extend the finished run
+            "max_steps": trainer.max_steps,
             "val_metrics": metrics,
             # The optimizing metric at the kept checkpoint: what `repeat` and `cv` report over runs.
             "optimize": {
@@ -278,9 +313,13 @@ class ProjectCLI(LightningCLI):
         if trainer.fast_dev_run:
             print(f"fast_dev_run finished in {summary['seconds']} s (no checkpoints are written in this mode)")
             return
+        if self.resumed_step is not None and trainer.global_step == self.resumed_step:  # e.g. max_steps reached
+            print(f"\nNothing trained: {self.ckpt_path} had reached the training limits; {self.run_dir} is unchanged")
+            return
         runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
         print(f"\nFinished fit in {summary['seconds']} s: {summary['epochs']} epochs, {summary['global_step']} steps")
-        print("Final validation metrics:")
+        if metrics:
+            print("Final validation metrics:")
         for name, value in sorted(metrics.items()):
             print(f"  {name:<12} {value:.4f}")
         if summary["best_checkpoint"]:
@@ -352,7 +391,9 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             subclass_mode_model=True,
             auto_configure_optimizers=False,  # the model's optimizer / lr_scheduler keys instead (REFUSED_KEYS)
             trainer_class=ProjectTrainer,
-            trainer_defaults={"callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter(), HParamsMetric()]},
+            trainer_defaults={
+                "callbacks": [progress_bar_for(sys.stdout), CSVPredictionWriter(), HParamsMetric(), TrainedOn()]
+            },
             save_config_callback=SaveAndLogConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},

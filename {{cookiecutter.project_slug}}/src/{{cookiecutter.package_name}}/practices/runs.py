@@ -1,22 +1,35 @@
 """Run folders: every run writes into its own `runs/<time>-<id>/` (checkpoints, logs, reports, predictions).
 
-A resumed fit (`--ckpt_path last` or a path inside a run folder) continues in the folder it resumes from.
+A resumed fit (`--ckpt_path last` or a path inside a run folder) continues in the folder it resumes from;
+`last` is the newest fit's folder (by start), never an older run's checkpoint.
 Under multi-process launches every rank must agree on one folder: rank zero creates it and passes it to the
-processes Lightning starts through an environment variable; SLURM/torchrun ranks derive it from the job id.
+processes Lightning starts through an environment variable. Inside a SLURM job or a torchrun launch, each fit gets
+`runs/fit-job<id>-<n>` (the job's n-th): rank zero claims it, the other ranks of its launch (srun step) wait for
+the claim, and a requeued job (SLURM_RESTART_COUNT) claims the job's folders again in the same order, so its
+fits resume where the first attempt stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import secrets
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from ..errors import ProjectError
 
 RUN_DIR_ENV = "PROJECT_RUN_DIR"
 SUMMARY_FILE = "summary.json"
+STARTED_FILE = ".started"  # the run's start time (ns), written once when the folder is made
+FIT_RUN = re.compile(r"(\d{8}-\d{6}-)?fit-.+")  # the folders `fit` makes (dated, or named after a job)
+RANK_WAIT_SECONDS = 300  # how long a rank waits for rank zero's folder (a shared filesystem may lag)
+# Folders this process made per job and command: the k-th fit of every rank of a launch is the same fit.
+_made_in_job: defaultdict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
 
 
 def _job_id() -> str | None:
@@ -37,19 +50,58 @@ def new_run_dir(runs_root: str | Path, subcommand: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     runs_root = Path(runs_root)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     job = _job_id()
     if job is not None:  # no date in the name: a job requeued the next day must find its folder again
-        path = runs_root / f"{subcommand}-job{job}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _job_run_dir(runs_root, subcommand, job)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     while True:
         path = runs_root / f"{stamp}-{subcommand}-{secrets.token_hex(3)}"
-        try:
-            path.mkdir(parents=True)
+        if _make(path):
             return path
-        except FileExistsError:
+
+
+def _make(path: Path) -> bool:
+    """Make a new run folder, stamped with its start; False when it exists already."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    (path / STARTED_FILE).write_text(str(time.time_ns()), encoding="utf-8")
+    return True
+
+
+def _job_run_dir(runs_root: Path, subcommand: str, job: str) -> Path:
+    """`<subcommand>-job<job>-<n>`: rank zero claims the job's first folder not yet claimed in this attempt (a new
+    one after the last); the other ranks take the folder rank zero claimed for the same launch."""
+    attempt = os.environ.get("SLURM_RESTART_COUNT") or os.environ.get("TORCHELASTIC_RESTART_COUNT") or "0"
+    launch = f"{os.environ.get('SLURM_STEP_ID', '')}:{next(_made_in_job[f'{job}:{subcommand}'])}"
+    claim = f".attempt-{attempt}"
+    if int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) != 0:
+        return _wait_for_claim(runs_root, f"{subcommand}-job{job}-*/{claim}", launch)
+    n = 0
+    while True:
+        n += 1
+        path = runs_root / f"{subcommand}-job{job}-{n}"
+        _make(path)
+        try:
+            with (path / claim).open("x", encoding="utf-8") as file:
+                file.write(launch)
+            return path
+        except FileExistsError:  # an earlier fit of this attempt has it
             continue
+
+
+def _wait_for_claim(runs_root: Path, pattern: str, launch: str) -> Path:
+    deadline = time.monotonic() + RANK_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        for claim in sorted(runs_root.glob(pattern), key=lambda p: started(p.parent), reverse=True):
+            if claim.read_text(encoding="utf-8") == launch:
+                return claim.parent
+        time.sleep(0.2)
+    raise ProjectError(
+        f"no run folder from rank zero under {runs_root}/ after {RANK_WAIT_SECONDS} s ({pattern}): runs_dir must "
+        "be a folder every node of the job shares"
+    )
 
 
 def share_with_child_processes(run_dir: Path) -> None:
@@ -61,14 +113,33 @@ def _newest(paths: list[Path]) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
+def started(run_dir: Path) -> int:
+    """When a run folder was made (ns); older folders without the stamp: their modification time."""
+    try:
+        return int((run_dir / STARTED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return run_dir.stat().st_mtime_ns
+
+
+def newest_fit(runs_root: str | Path) -> Path | None:
+    """The run folder of the fit started last, with or without checkpoints."""
+    runs = [path for path in Path(runs_root).glob("*") if path.is_dir() and FIT_RUN.fullmatch(path.name)]
+    return max(runs, key=started) if runs else None
+
+
 def find_last_checkpoint(runs_root: str | Path) -> Path:
-    """The most recently written `last.ckpt` of any run."""
-    found = _newest(list(Path(runs_root).glob("*/checkpoints/last.ckpt")))
-    if found is None:
+    """`last.ckpt` of the newest fit: the run it resumes is the one started last, never an older run."""
+    run = newest_fit(runs_root)
+    if run is None:
+        raise ProjectError(f"ckpt_path=last: no fit under {runs_root}/ yet; run `fit` first or pass a path")
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
         raise ProjectError(
-            f"ckpt_path=last: no {runs_root}/*/checkpoints/last.ckpt yet; run `fit` first or pass a path"
+            f"ckpt_path=last: the newest fit, {run}, has no checkpoint yet (it stopped before its first epoch "
+            "ended, or still runs); start it again without --ckpt_path, or pass an older run's "
+            "runs/<run>/checkpoints/last.ckpt to resume that one"
         )
-    return found
+    return last
 
 
 def find_best_checkpoint(runs_root: str | Path) -> Path:
@@ -88,13 +159,48 @@ def run_dir_of_checkpoint(ckpt_path: Path) -> Path | None:
     return parent.parent if parent.name == "checkpoints" else None
 
 
-def saved_run_state(ckpt_path: Path) -> tuple[list, int]:
+def saved_run_state(checkpoint: dict[str, Any]) -> tuple[list, int]:
     """(logger versions, global step) of a checkpoint: the logger runs (W&B run ids, CSV / TensorBoard versions) a
-    resumed fit continues, and the step it continues from. Memory-mapped, so cheap."""
-    import torch  # not at module level: run-folder helpers stay importable without torch
-
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    resumed fit continues, and the step it continues from."""
     return list(checkpoint.get("logger_versions", [])), int(checkpoint.get("global_step", 0))
+
+
+def epochs_done(checkpoint: dict[str, Any]) -> int:
+    """Training epochs a checkpoint completed (Lightning counts an epoch once its training part ran)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", 0))
+
+
+def check_resume(
+    ckpt_path: Path, checkpoint: dict[str, Any], run_dir: Path | None, max_epochs: int, max_steps: int
+) -> str | None:
+    """Refuse (one line) a resume that would train nothing or silently extend a finished run; an info line when a
+    finished run is extended on purpose (larger trainer.max_epochs / max_steps), else None."""
+    summary_path = run_dir / SUMMARY_FILE if run_dir is not None else None
+    if summary_path is not None and summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        old_epochs, old_steps = summary.get("max_epochs", summary.get("epochs")), summary.get("max_steps")
+        if not (_grows(max_epochs, old_epochs) or _grows(max_steps, old_steps)):
+            raise ProjectError(
+                f"{run_dir} is a finished fit ({summary.get('epochs')} epochs, trainer.max_epochs={old_epochs}): "
+                f"resuming it would rewrite its results; to train it longer raise --trainer.max_epochs above "
+                f"{old_epochs}, else start a new fit without --ckpt_path"
+            )
+        return f"Extending the finished fit {run_dir}: trainer.max_epochs {old_epochs} -> {max_epochs}"
+    done, step = epochs_done(checkpoint), int(checkpoint.get("global_step", 0))
+    if (max_epochs != -1 and done >= max_epochs) or (max_steps != -1 and step >= max_steps):
+        raise ProjectError(
+            f"{ckpt_path} has already trained {done} epochs ({step} steps): nothing to train with "
+            f"trainer.max_epochs={max_epochs}, trainer.max_steps={max_steps}; raise them to train longer"
+        )
+    return None
+
+
+def _grows(new: int | None, old: int | None) -> bool:
+    """A training limit raised above a finite old one (-1: no limit)."""
+    return old is not None and old != -1 and new is not None and (new == -1 or new > old)
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy
 import pytorch_lightning as pl
-import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
@@ -26,6 +25,7 @@ from ...tasks import Task
 from .. import baselines
 from ..bias_variance import Diagnosis as Report
 from ..bias_variance import SplitErrors, diagnose, title, to_dict, to_markdown
+from ..checkpoint_io import read_checkpoint
 from ..error_analysis import analyze, example_tiles
 from ..evaluation import SplitEvaluation, evaluate_split
 
@@ -211,7 +211,7 @@ def weights_from(module: pl.LightningModule, checkpoint: str | None) -> Iterator
 
 def load_weights(module: pl.LightningModule, checkpoint: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint's state_dict into the module; returns the whole checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)  # data only: a file whose pickle would run code is refused
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as error:  # another backbone or number of classes than the configured model

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, StochasticWeightAveraging
 
 from ...errors import ProjectError
 from ..averaging import evaluate_ensemble, to_markdown
+from ..checkpoint_io import read_checkpoint
 
 SPLITS = ("train", "train_dev", "val", "test")
 SNAPSHOT_FILE = "snapshots"  # <run>/snapshots.json and snapshots.md
@@ -227,7 +227,7 @@ class SnapshotEnsemble(Callback):
         members = {}
         for path in paths:
             member = copy.deepcopy(pl_module)  # the same architecture (and precision) as the trained model
-            member.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+            member.load_state_dict(read_checkpoint(path)["state_dict"])
             members[Path(path).stem] = member.to(device)
         datamodule = trainer.datamodule
         splits = [split for split in self.splits if split in datamodule.splits]

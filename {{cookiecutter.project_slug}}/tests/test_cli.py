@@ -7,6 +7,7 @@ import http.server
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -249,6 +250,23 @@ def inputs_to_predict(data: Path, folder: Path) -> tuple[Path, list[str]]:
     return path, [f"new.csv:{line}" for line in range(2, len(rows) + 2)]
 
 
+@pytest.mark.skipif(not CLASS_FOLDERS, reason="a folder of images to predict: class-folder projects")
+def test_predict_reads_a_folder_named_relative_to_where_the_user_stands(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
+    (tmp_path / "work" / "new_images").mkdir(parents=True)
+    for image in sorted((tiny_data / "test").rglob("*.png"))[:3]:
+        shutil.copy(image, tmp_path / "work" / "new_images" / image.name)
+    monkeypatch.chdir(tmp_path / "work")  # the user's shell, not data.root
+    predict = main(cli_args("predict", tiny_data, runs, "--data.predict_path", "new_images", "--ckpt_path", "best"))
+    with open(predict.run_dir / "predictions.csv", newline="") as file:
+        assert len(list(csv.DictReader(file))) == 3
+    with pytest.raises(SystemExit, match=r"predict_path='no_such_folder' does not exist \(a relative path starts at"):
+        main(cli_args("predict", tiny_data, runs, "--data.predict_path", "no_such_folder", "--ckpt_path", "best"))
+
+
 def test_fit_writes_summary_and_predict_writes_one_row_per_input(tiny_data: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
@@ -320,8 +338,6 @@ def test_unknown_config_key_is_named(tiny_data: Path, tmp_path: Path) -> None:
 
 @pytest.mark.skipif("image" not in MODALITIES, reason="the project has no image input")
 def test_corrupt_image_gives_one_line_naming_the_file(tiny_data: Path, tmp_path: Path) -> None:
-    import shutil
-
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     broken = sorted((data / "train").rglob("*.png") if CLASS_FOLDERS else (data / "images" / "train").glob("*.png"))[0]

@@ -373,9 +373,12 @@ class DataModule(pl.LightningDataModule):
         elif path.is_dir() and self.folder_layout:
             from .image import list_images
 
-            rows = [Row({"image": str(image)}, image, 0, self.root) for image in list_images(path)]
+            # Absolute: the folder is where the user pointed (relative to the working folder), not under data.root.
+            rows = [Row({"image": str(image.resolve())}, image, 0, self.root) for image in list_images(path)]
             if not rows:
                 raise DataError(f"data.predict_path={str(path)!r} holds no images")
+        elif not path.exists():
+            raise DataError(f"data.predict_path={str(path)!r} does not exist (a relative path starts at {Path.cwd()})")
         else:
             raise DataError(f"data.predict_path={str(path)!r} is not a CSV file or (class-folder data) an image folder")
         for reader in self.inputs.values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import runpy
 import subprocess
@@ -245,7 +246,10 @@ def test_every_template_file_is_tracked_by_git() -> None:
 
 def make_dry_run(project: Path, *args: str) -> str:
     """The commands `make ARGS` would run (`make -n`), with the Makefile's default PYTHON."""
-    dry = subprocess.run(["make", "-n", *args], cwd=project, capture_output=True, text=True)
+    # As typed in a shell, not nested in the make that runs this suite (`make test`): its variables would add
+    # "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    dry = subprocess.run(["make", "-n", *args], cwd=project, capture_output=True, text=True, env=env)
     assert dry.returncode == 0, dry.stderr
     return dry.stdout
 

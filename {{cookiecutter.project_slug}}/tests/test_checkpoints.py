@@ -130,7 +130,8 @@ class _Stub(torch.nn.Module):
 
     def __init__(self, inputs: dict, width: int = 3) -> None:
         super().__init__()
-        self.task, self.inputs, self.head = build_task(TASK_TYPE, ["a", "b", "c"]), inputs, torch.nn.Linear(4, width)
+        classes = ["a", "b"] if TASK_TYPE == "binary" else ["a", "b", "c"]  # binary: exactly two
+        self.task, self.inputs, self.head = build_task(TASK_TYPE, classes), inputs, torch.nn.Linear(4, width)
 
 
 def _tabular(columns: list[str], colors: list[str]) -> SimpleNamespace:

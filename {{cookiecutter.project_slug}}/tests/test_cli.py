@@ -343,7 +343,8 @@ def test_corrupt_image_gives_one_line_naming_the_file(tiny_data: Path, tmp_path:
     broken = sorted((data / "train").rglob("*.png") if CLASS_FOLDERS else (data / "images" / "train").glob("*.png"))[0]
     # A PNG whose structure and checksums are right (the check before training passes it) but whose pixel data
     # is not compressed data: it fails only when decoded, in a loader worker.
-    header = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    with Image.open(broken) as original:  # its own size, so that a segmentation mask still matches it
+        header = struct.pack(">IIBBBBB", *original.size, 8, 2, 0, 0, 0)
     chunks = [(b"IHDR", header), (b"IDAT", b"not zlib data"), (b"IEND", b"")]
     broken.write_bytes(
         b"\x89PNG\r\n\x1a\n"

@@ -70,6 +70,9 @@ def install_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     config lines; at teardown the file (and its module) is removed again."""
     written: list[Path] = []
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ files left behind in src/
+    # The project's own parts first, into the registry itself: a module first imported while the copies below are
+    # in place would register into a copy, and Python never runs a module twice to register it again.
+    registry._discover()
     # The registry imports the modules under models/ once per process: let it look again for the new file.
     monkeypatch.setattr(registry, "_discovered", False)
     # Parts the recipe registers leave the registry with its file, so later tests in this process see the project's.

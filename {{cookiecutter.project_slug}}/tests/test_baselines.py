@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import random
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import cli_args, project_datamodule
-from {{ cookiecutter.package_name }}.answers import TASK_TYPE
+from conftest import cli_args, project_datamodule, project_model
+from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.practices.baselines import Features, frequency_logits, log_frequencies
+from {{ cookiecutter.package_name }}.practices.baselines import (
+    Features,
+    compare,
+    frequency_logits,
+    log_frequencies,
+    run_baselines,
+)
 
 
 def test_features_of_every_input() -> None:
@@ -43,9 +53,11 @@ def test_features_of_every_input() -> None:
 
     batch["sequence"] = batch["series"]
     series = Features({"sequence": {"kind": "numeric", "channels": 1}})(batch)
-    # mean, std, min, max, last, length / max_length over the real steps only
-    assert series[0].tolist() == pytest.approx([2.0, 1.0, 1.0, 3.0, 3.0, 2 / 3])
-    assert series[1].tolist() == pytest.approx([2.0, 0.0, 2.0, 2.0, 2.0, 1 / 3])
+    # mean, std, min, max, length / max_length over the real steps only, then the lags: the last value first,
+    # 0 before the series starts
+    assert series[0].tolist() == pytest.approx([2.0, 1.0, 1.0, 3.0, 2 / 3, 3.0, 1.0, 0.0])
+    assert series[1].tolist() == pytest.approx([2.0, 0.0, 2.0, 2.0, 1 / 3, 2.0, 0.0, 0.0])
+    assert Features({"sequence": {"kind": "numeric"}}, max_lags=2)(batch).shape == (2, 5 + 2)
 
     both = Features({"image": {}, "tabular": {"numeric": 2, "categorical": [3]}}, feature_size=2)(batch)
     assert both.shape == (2, 12 + 5)
@@ -83,7 +95,11 @@ def test_baseline_command_scores_a_constant_and_a_linear_model(tiny_data: Path, 
     cli = main(cli_args("baseline", tiny_data, tmp_path / "runs", "--steps", "30"))
     result = json.loads((cli.run_dir / "baseline.json").read_text())
     assert result["task"] == TASK_TYPE and result["error"] == cli.model.task.error_meaning
-    majority, linear = result["baselines"]["majority"], result["baselines"]["linear"]
+    # The constant baseline is named by the task: the most frequent class, or the mean of numbers.
+    constant = cli.model.task.constant_baseline
+    assert constant == ("mean" if TASK_TYPE == "regression" else "majority")
+    assert list(result["baselines"]) == [constant, "linear"]  # no numeric series in the toy data: no persistence
+    majority, linear = result["baselines"][constant], result["baselines"]["linear"]
     assert set(majority) == set(linear) == {"train", "val", "test"}
     monitor = cli.model.task.monitor
     for scores in (*majority.values(), *linear.values()):
@@ -94,9 +110,60 @@ def test_baseline_command_scores_a_constant_and_a_linear_model(tiny_data: Path, 
         assert linear["train"]["loss"] <= majority["train"]["loss"] + 1e-4
     assert result["best"]["val_error"] == min(majority["val"]["error"], linear["val"]["error"])
     markdown = (cli.run_dir / "baseline.md").read_text()
-    assert "| majority | val |" in markdown and "| linear | train |" in markdown
-    assert result["descriptions"]["majority"] in markdown
+    assert f"| {constant} | val |" in markdown and "| linear | train |" in markdown
+    assert result["descriptions"][constant] in markdown
+    assert result["data_fingerprint"] == cli.datamodule.fingerprint
     if TASK_TYPE in ("multiclass", "binary", "segmentation"):  # a single class every sample (or pixel) gets
         assert result["majority_class"] in cli.model.task.class_names
     else:
         assert result["majority_class"] is None
+
+
+@pytest.mark.skipif(
+    TASK_TYPE != "regression" or "sequence" not in MODALITIES, reason="numeric series and a task predicting numbers"
+)
+def test_the_persistence_baseline_repeats_the_series_last_value(tiny_data: Path, tmp_path: Path) -> None:
+    # The toy data with a numeric series of 2 to 5 values per row (the other columns as written).
+    root = tmp_path / "series"
+    shutil.copytree(tiny_data, root)
+    rng = random.Random(0)
+    for split in ("train", "val", "test"):
+        with (root / f"{split}.csv").open(encoding="utf-8", newline="") as file:
+            rows = list(csv.DictReader(file))
+        for row in rows:
+            row["sequence"] = " ".join(f"{rng.uniform(-5, 20):.2f}" for _ in range(rng.randint(2, 5)))
+        with (root / f"{split}.csv").open("w", encoding="utf-8", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    data = project_datamodule(root, sequence={"kind": "numeric", "max_length": 8})
+    result = run_baselines(project_model(data).task, data, steps=5, splits=("train", "val"))
+    assert list(result["baselines"]) == ["mean", "linear", "persistence"]
+    assert "last" in result["descriptions"]["persistence"]
+
+    # By hand: every target predicted as the row's last number, in the targets' units; RMSE and MAE over all of them.
+    with (root / "val.csv").open(encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file))
+    residuals = [float(row["sequence"].split()[-1]) - float(row[column]) for row in rows for column in data.class_names]
+    rmse = math.sqrt(sum(r * r for r in residuals) / len(residuals))
+    mae = sum(abs(r) for r in residuals) / len(residuals)
+    assert result["baselines"]["persistence"]["val"]["rmse"] == pytest.approx(rmse, rel=1e-4)
+    assert result["baselines"]["persistence"]["val"]["mae"] == pytest.approx(mae, rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_comparison_names_the_best_baseline_and_warns_only_when_the_model_is_worse(mode: str) -> None:
+    task = SimpleNamespace(monitor="score", mode=mode)
+    sign = 1 if mode == "max" else -1
+    result = {"baselines": {"constant": {"val": {"score": 0.5 * sign}}, "linear": {"val": {"score": 0.8 * sign}}}}
+    worse = compare({"score": 0.7 * sign}, result, task, "try more epochs")
+    assert (worse["best_baseline"], worse["verdict"]) == ("linear", "worse")
+    assert worse["baselines"] == {"constant": 0.5 * sign, "linear": 0.8 * sign} and worse["metric"] == "val/score"
+    assert worse["warning"] == (
+        f"WARNING: the model (val score {0.7 * sign:.4g}) is worse than the linear baseline ({0.8 * sign:.4g}): "
+        "try more epochs"
+    )
+    assert compare({"score": 0.9 * sign}, result, task)["verdict"] == "better"
+    tied = compare({"score": 0.8 * sign}, result, task)
+    assert tied["verdict"] == "tied" and tied["warning"] is None
+    assert compare({"score": math.nan}, result, task)["verdict"] == "worse"  # a diverged model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from conftest import cli_args, project_datamodule, project_model
 from {{ cookiecutter.package_name }}.answers import MODALITIES, TASK_TYPE
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.practices.bias_variance import GAP_LABELS, SplitErrors, diagnose, next_steps, to_markdown
+from {{ cookiecutter.package_name }}.practices.callbacks.diagnosis import next_steps as diagnosis_next_steps
 from {{ cookiecutter.package_name }}.practices.error_analysis import confusion_matrix, most_confused
 from {{ cookiecutter.package_name }}.practices.evaluation import evaluate_split
 from {{ cookiecutter.package_name }}.tasks import Task, build_task
@@ -200,10 +202,22 @@ def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, t
     assert after_fit["errors"]["reference"] == 0.4 and "earlier-baseline" in after_fit["reference_source"]
     sizes = after_fit["sizes"]
     assert sizes["train"] + sizes["train_dev"] == 36 and sizes["val"] == sizes["test"] == 12
+    # The kept checkpoint against the baselines on val, in summary.json: that earlier result names no data, so
+    # they were fitted after the fit, on this data.
+    summary = json.loads((fit.run_dir / "summary.json").read_text())
+    comparison = summary["baseline_comparison"]
+    assert comparison == after_fit["baseline_comparison"] and comparison["metric"] == f"val/{TASK.monitor}"
+    assert set(comparison["baselines"]) == {TASK.constant_baseline, "linear"} and "fitted now" in comparison["source"]
+    best = comparison["baselines"][comparison["best_baseline"]]
+    better = comparison["model"] > best if TASK.mode == "max" else comparison["model"] < best
+    expected = "better" if better else "tied" if comparison["model"] == best else "worse"
+    assert comparison["verdict"] == expected and (comparison["warning"] is not None) == (expected == "worse")
+    assert "## Against the baselines" in (fit.run_dir / "diagnosis.md").read_text()
 
     diagnosed = main(cli_args("diagnose", tiny_data, runs, *split, "--ckpt_path", "best"))
     report = json.loads((diagnosed.run_dir / "diagnosis.json").read_text())
     assert report["errors"] == pytest.approx(after_fit["errors"])
+    assert report["baseline_comparison"]["model"] == pytest.approx(comparison["model"])
     # The dominant problem is the largest gap above the tolerance; none when a (lucky) run leaves no such gap.
     above = {name: gap for name, gap in report["gaps"].items() if gap > report["tolerance"]}
     assert report["dominant"] == (max(above, key=above.get) if above else None) and report["next_steps"]
@@ -239,3 +253,41 @@ def test_fit_and_diagnose_write_the_report_and_error_analysis(tiny_data: Path, t
     if TASK_TYPE in (*CLASSIFICATION, "segmentation"):
         with Image.open(diagnosed.run_dir / "confusion_matrix.png") as image:
             assert image.width > 50 and image.height > 50
+
+
+def test_a_fit_worse_than_a_baseline_says_so_in_one_line_and_in_the_summary(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs = tmp_path / "runs"
+    # A `baseline` run on the same data, whose linear model is made perfect on val (nothing untrained beats it) and
+    # its constant one worse than any model (so the advice is the under-trained model's, not a bug hunt).
+    baseline = main(cli_args("baseline", tiny_data, runs, "--steps", "5"))
+    result = json.loads((baseline.run_dir / "baseline.json").read_text())
+    result["baselines"]["linear"]["val"][TASK.monitor] = 1.0 if TASK.mode == "max" else 0.0
+    result["baselines"][TASK.constant_baseline]["val"][TASK.monitor] = -1.0 if TASK.mode == "max" else 1e9
+    (baseline.run_dir / "baseline.json").write_text(json.dumps(result))
+    capsys.readouterr()
+
+    bad = ["--trainer.max_epochs", "1", "--model.optimizer.lr", "1e-9"]
+    fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, *bad))
+    out = capsys.readouterr().out
+    comparison = json.loads((fit.run_dir / "summary.json").read_text())["baseline_comparison"]
+    assert comparison["verdict"] == "worse" and comparison["best_baseline"] == "linear"
+    assert str(baseline.run_dir) in comparison["source"] and comparison["seconds"] < 5
+    warning = comparison["warning"]
+    assert warning.startswith(f"WARNING: the model (val {TASK.monitor} ")
+    assert "is worse than the linear baseline (" in warning
+    assert "--model.optimizer.lr (now 1e-09)" in warning and "more epochs (ran 1 of --trainer.max_epochs 1)" in warning
+    assert "\n" not in warning and out.rstrip().splitlines()[-1] == warning  # one line, the last one printed
+    metrics = (next(fit.run_dir.glob("csv/version_*/metrics.csv"))).read_text()
+    assert f"baseline/linear_val_{TASK.monitor}" in metrics and "baseline/model_worse" in metrics
+
+
+def test_a_model_that_does_not_beat_the_constant_baseline_is_told_to_look_for_a_bug() -> None:
+    scores = {TASK.constant_baseline: 0.5, "linear": 0.6}
+    result = {"baselines": {name: {"val": {TASK.monitor: value}} for name, value in scores.items()}}
+    trainer = SimpleNamespace(optimizers=[], current_epoch=0, max_epochs=5)
+    assert "check the labels, the loss" in diagnosis_next_steps(trainer, TASK, {TASK.monitor: 0.5}, result)
+    better = 0.55 if TASK.mode == "max" else 0.45
+    advice = diagnosis_next_steps(trainer, TASK, {TASK.monitor: better}, result)
+    assert advice.startswith("try a higher --model.optimizer.lr") and "epochs" not in advice  # `diagnose`: no fit

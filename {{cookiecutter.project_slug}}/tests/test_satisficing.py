@@ -30,6 +30,7 @@ from {{ cookiecutter.package_name }}.practices.callbacks import satisficing
 from {{ cookiecutter.package_name }}.practices.callbacks.satisficing import (
     INFEASIBLE_OFFSET,
     SCORE_KEY,
+    TIE_BREAK,
     Satisfice,
     SatisficingMetrics,
     batch_size_of,
@@ -86,6 +87,25 @@ def test_ties_keep_the_earliest_epoch_and_nan_ranks_last() -> None:
     assert best_index([0.5, 0.8, 0.8], "max") == 1
     assert best_index([math.nan, 0.1], "max") == 1
     assert best_index([math.nan, 3.0], "min") == 1
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_equal_metrics_rank_by_the_val_loss_and_different_metrics_keep_their_order(mode: str) -> None:
+    # The issue's run: val acc flat from epoch 1 while the val loss still falls; epoch 3's loss rises again.
+    metrics = [0.90, 0.9275, 0.9275, 0.9275] if mode == "max" else [0.30, 0.25, 0.25, 0.25]
+    losses = [0.60, 0.40, 0.30, 0.35]
+    scores = [gated_score(m, 0.0, mode, loss) for m, loss in zip(metrics, losses, strict=True)]
+    assert best_index(scores, mode) == 2  # the lowest val loss among the equal metrics, not the first of them
+    assert best_index([gated_score(m, 0.0, mode) for m in metrics], mode) == 1  # without it: the first one
+    assert all(abs(score - m) <= TIE_BREAK * abs(m) for score, m in zip(scores, metrics, strict=True))
+    # Two float32 neighbours (one ulp apart) keep their order whatever their losses.
+    low = float(torch.tensor(0.9275, dtype=torch.float32))
+    high = float(torch.nextafter(torch.tensor(low), torch.tensor(2.0)))
+    better, worse = (high, low) if mode == "max" else (low, high)
+    assert best_index([gated_score(worse, 0.0, mode, 0.0), gated_score(better, 0.0, mode, 1e6)], mode) == 1
+    # A NaN loss ranks last among the ties; infeasible epochs are not nudged.
+    assert best_index([gated_score(0.5, 0.0, mode, math.nan), gated_score(0.5, 0.0, mode, 5.0)], mode) == 1
+    assert gated_score(0.5, 0.1, mode, 0.3) == gated_score(0.5, 0.1, mode)
 
 
 def test_a_non_positive_limit_is_rejected_with_its_name() -> None:
@@ -345,14 +365,19 @@ def test_the_default_config_selects_checkpoints_by_the_gated_score(tiny_data: Pa
     assert cli.trainer.checkpoint_callback.monitor == SCORE_KEY
     assert cli.trainer.checkpoint_callback.mode == MODE
     stoppers = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
-    assert [(c.monitor, c.mode) for c in stoppers] == [(f"val/{MONITOR}", MODE)]
+    # Early stopping watches the checkpoint's score: a flat metric while the val loss falls is progress.
+    assert [(c.monitor, c.mode) for c in stoppers] == [(SCORE_KEY, MODE)]
+    assert callback.optimize.tie_break == "val/loss"
     metrics = cli.trainer.callback_metrics
     for key in ("latency_ms_p50", "latency_ms_p95", "batch_latency_ms_p95", "throughput", "peak_memory_mb"):
         assert metrics[f"satisficing/{key}"] > 0
     assert 0 < metrics["satisficing/flops_g"] < FLOPS_LIMIT
     assert metrics["satisficing/params_m"] == pytest.approx(params_m(cli), rel=1e-6)
     assert metrics["satisficing/ok"] == 1.0  # no limits configured
-    assert float(metrics[SCORE_KEY]) == pytest.approx(float(metrics[callback.optimize.metric]))
+    assert float(metrics[SCORE_KEY]) == pytest.approx(float(metrics[callback.optimize.metric]), rel=1e-7)
+    record = callback.history[-1]
+    assert record["tie_break"] == pytest.approx(float(metrics["val/loss"]))
+    assert record["score"] == gated_score(record["metric"], 0.0, MODE, record["tie_break"])
     assert (cli.run_dir / "satisficing.md").is_file()
 
 

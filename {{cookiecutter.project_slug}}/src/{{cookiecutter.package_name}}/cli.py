@@ -47,6 +47,7 @@ from .data.datamodule import DataModule
 from .errors import ProjectError
 from .practices import compatibility, multirun, runs, sweep
 from .practices.callbacks.checkpoint import LastEveryEpochCheckpoint
+from .practices.callbacks.diagnosis import Diagnosis
 from .practices.callbacks.ensembles import Ensembles
 from .practices.callbacks.prediction_writer import CSVPredictionWriter
 from .practices.callbacks.progress import progress_bar_for
@@ -316,6 +317,10 @@ class ProjectCLI(LightningCLI):
         if self.resumed_step is not None and trainer.global_step == self.resumed_step:  # e.g. max_steps reached
             print(f"\nNothing trained: {self.ckpt_path} had reached the training limits; {self.run_dir} is unchanged")
             return
+        # The kept checkpoint against the baselines on val (the Diagnosis callback compared them after fit).
+        comparison = next((c.comparison for c in trainer.callbacks if isinstance(c, Diagnosis) and c.comparison), None)
+        if comparison is not None:
+            summary["baseline_comparison"] = comparison
         runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
         print(f"\nFinished fit in {summary['seconds']} s: {summary['epochs']} epochs, {summary['global_step']} steps")
         if metrics:
@@ -325,6 +330,8 @@ class ProjectCLI(LightningCLI):
         if summary["best_checkpoint"]:
             print(f"Best checkpoint ({summary['monitor']}={summary['best_score']:.4f}): {summary['best_checkpoint']}")
         print(f"Run folder: {self.run_dir}")
+        if comparison is not None and comparison["warning"]:
+            print(comparison["warning"])  # the last line a user reads
 
 
 def _as_list(value: object) -> list:

@@ -139,13 +139,16 @@ def evaluate_split(
     device: torch.device | None = None,
     precision: Precision | None = None,
     max_samples: int | None = None,
+    metrics: bool = False,
 ) -> SplitEvaluation:
-    """Run the model over one split (evaluation transform, eval mode; the module's mode is restored after)."""
+    """Run the model over one split (evaluation transform, eval mode; the module's mode is restored after);
+    `metrics`: also the task's metrics (`SplitEvaluation.metrics`, as validation logs them without the prefix)."""
     device = device or module.device
     loader = eval_loader(datamodule, eval_dataset(datamodule, split, max_samples))
+    collection = module.task.metrics().to(device) if metrics else None
     was_training = module.training
     module.eval()
     try:
-        return run_model(module, Accumulator(module.task, split), loader, device, precision)
+        return run_model(module, Accumulator(module.task, split, collection), loader, device, precision)
     finally:
         module.train(was_training)

@@ -29,7 +29,9 @@ class ProjectTrainer(Trainer):
         steps: int = 100,
         max_train_samples: int | None = 20000,
     ) -> dict[str, Any]:
-        """Constant ("majority") and linear baselines on the same splits and metrics: the floor the model must beat.
+        """Constant ("majority" / "mean"), linear and persistence baselines on the model's splits and metrics.
+
+        The floor the model must beat (practices/baselines.py); the persistence forecast only for a numeric series.
 
         Args:
             model: gives the task (metrics, loss, error); its network is not used.

@@ -116,6 +116,7 @@ class Task:
 
     # --- baselines (practices/baselines.py): the floor the model has to beat --------------------------------------
     linear_baseline = "logistic regression"  # what the linear baseline is, in the report
+    constant_baseline = "majority"  # the constant baseline's name: the most frequent class ("mean" for numbers)
 
     def baseline_features(self, inputs: dict[str, dict[str, Any]], feature_size: int) -> torch.nn.Module:
         """What the linear baseline sees of a batch: flat [B, D] features of every input (baselines.Features)."""
@@ -124,25 +125,31 @@ class Task:
         return Features(inputs, feature_size)
 
     def fit_baselines(self, train: Iterable[tuple], steps: int) -> dict[str, torch.nn.Module]:
-        """The "majority" (the best constant, `constant_outputs`) and "linear" baselines, fitted on the train
-        batches of (features, targets, ids); the linear model with the task's own loss."""
+        """The constant baseline (named `constant_baseline`: the best constant, `constant_outputs`) and the
+        "linear" one, fitted on the train batches of (features, targets, ids); the linear model with the task's
+        own loss."""
         from ..practices.baselines import Constant, fit_linear
 
         features, targets = zip(*((x, y) for x, y, _ in train), strict=True)
         x, y = torch.cat(features), torch.cat(targets)
         linear = fit_linear(x, y, self.num_outputs, self.loss, steps)
-        return {"majority": Constant(self.constant_outputs(y)), "linear": linear}
+        return {self.constant_baseline: Constant(self.constant_outputs(y)), "linear": linear}
 
     def constant_outputs(self, targets: torch.Tensor) -> torch.Tensor:
-        """The best constant outputs [K] for the train targets [N, ...] (the majority baseline)."""
+        """The best constant outputs [K] for the train targets [N, ...] (the constant baseline)."""
         raise NotImplementedError
 
     def describe_constant(self, constant: torch.Tensor) -> str:
-        """The majority baseline's outputs [K] in words, for the report."""
+        """The constant baseline's outputs [K] in words, for the report."""
         return "the best constant outputs for the training targets"
 
     def majority_class(self, constant: torch.Tensor) -> str | None:
-        """The class the majority baseline always predicts; None when it predicts no single class."""
+        """The class the constant baseline always predicts; None when it predicts no single class."""
+        return None
+
+    def persistence_outputs(self, last_values: torch.Tensor) -> torch.Tensor | None:
+        """The persistence forecast's raw outputs [B, K] from a numeric series' last observed values [B] (in the
+        series' own units); None: the task has no such baseline (it predicts classes, not the series' values)."""
         return None
 
     # --- error analysis (practices/error_analysis.py) and the diagnosis' next steps (practices/bias_variance.py) ---

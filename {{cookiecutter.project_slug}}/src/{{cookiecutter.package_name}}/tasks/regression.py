@@ -157,6 +157,7 @@ class RegressionTask(Task):
     )
     error_is_rate = False
     linear_baseline = "linear regression"
+    constant_baseline = "mean"
     look_at = "the residuals per target"
     output_name = "values"
     output_meaning = "predicted values in the targets' own units, [batch, targets]"
@@ -170,6 +171,11 @@ class RegressionTask(Task):
         values = self.activation(constant[None])[0].tolist()  # back to the target's units
         means = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.class_names, values, strict=True))
         return f"the training mean of every target ({means})"
+
+    def persistence_outputs(self, last_values: torch.Tensor) -> torch.Tensor | None:
+        """Every target predicted as the series' last value ("tomorrow = today"; for several targets, e.g. the
+        next steps, each of them), standardized like the targets."""
+        return self.inverse_activation(last_values.float()[:, None].expand(-1, self.num_outputs))
 
     def analyze_errors(self, evaluation: SplitEvaluation) -> tuple[dict[str, Any], list[str], dict[str, Image.Image]]:
         """The residuals per target, in its units: MAE, RMSE, bias and the largest."""

@@ -221,7 +221,7 @@ class SegmentationTask(Task):
             return self.loss(outputs[:, :, None, None], target[:, None, None])
 
         linear = fit_linear(torch.cat(colours), torch.cat(classes), self.num_outputs, loss, steps, pixelwise=True)
-        return {"majority": Constant(log_frequencies(counts)), "linear": linear}
+        return {self.constant_baseline: Constant(log_frequencies(counts)), "linear": linear}
 
     def describe_constant(self, constant: torch.Tensor) -> str:
         return f"every pixel `{self.majority_class(constant)}`, the most frequent training pixel class"

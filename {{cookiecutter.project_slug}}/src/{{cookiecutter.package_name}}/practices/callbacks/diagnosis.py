@@ -5,11 +5,19 @@ errors with a reference error (bias_variance.py), and looks at the val errors (e
 analysis, e.g. the most-confused classes, per-label F1, residuals or per-class IoU, and the worst examples).
 Writes `diagnosis.md`, `diagnosis.json` and the images (`confusion_matrix.png` for classes, `worst_examples.png`
 for image inputs) into the run folder and logs them. The `diagnose` command runs the same on a checkpoint.
+
+It also compares the checkpoint with the baselines (practices/baselines.py) on val, on the optimizing metric:
+the newest `baseline` run on the same data and setup, else the baselines fitted there and then (a few seconds on
+a capped train sample). When the model is worse than the best of them it prints one WARNING line with what to
+try; the comparison goes to `baseline_comparison.json` (and the fit's summary.json), diagnosis.json and the
+loggers (`baseline/*`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +54,9 @@ class Diagnosis(pl.Callback):
         tolerance: gaps up to this size (an error difference, 0.01 = one point of error rate) are not a problem.
         train_samples: measure the train error on at most this many training samples (seeded); None: all.
             Train error is an estimate anyway, and a full pass over a large training set costs an epoch.
+        compare_baselines: compare the model with the baselines on val and warn when it is worse.
+        baseline_train_samples: without a `baseline` run on the same data, the baselines are fitted on at most
+            this many training samples (seeded); None: all.
     """
 
     def __init__(
@@ -56,6 +67,8 @@ class Diagnosis(pl.Callback):
         enabled: bool = True,
         tolerance: float = 0.01,
         train_samples: int | None = 10000,
+        compare_baselines: bool = True,
+        baseline_train_samples: int | None = 5000,
     ):
         if reference_error is not None and not reference_error >= 0.0:
             raise ValueError(f"reference_error={reference_error} is an error: 0 or more (0 = perfect)")
@@ -65,6 +78,9 @@ class Diagnosis(pl.Callback):
         self.enabled = enabled
         self.tolerance = tolerance
         self.train_samples = train_samples
+        self.compare_baselines = compare_baselines
+        self.baseline_train_samples = baseline_train_samples
+        self.comparison: dict[str, Any] | None = None  # the latest run's baseline comparison (the fit's summary.json)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # fast_dev_run and overfit_batches runs are debugging runs: their errors diagnose nothing.
@@ -104,6 +120,7 @@ class Diagnosis(pl.Callback):
                     device,
                     trainer.precision_plugin,
                     self.train_samples if split in ("train", "train_dev") else None,
+                    metrics=split == "val",
                 )
                 for split in SPLITS
                 if split in datamodule.splits
@@ -122,13 +139,21 @@ class Diagnosis(pl.Callback):
         result["error_analysis"] = analysis
         markdown = f"# Diagnosis\n\nWeights: {source}\n\n{to_markdown(report, task)}{analysis_md}"
         run_dir.mkdir(parents=True, exist_ok=True)
+        comparison = self.baseline_comparison(trainer, module, datamodule, evaluations["val"], run_dir)
+        self.comparison = comparison
+        if comparison is not None:
+            result["baseline_comparison"] = comparison
+            (run_dir / baselines.COMPARISON_FILE).write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+            markdown += comparison_markdown(comparison)
         (run_dir / "diagnosis.md").write_text(markdown, encoding="utf-8")
         (run_dir / "diagnosis.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
         for name, image in images.items():
             image.save(run_dir / f"{name}.png")
         print(f"\nDiagnosis ({source}): {title(report)}\n\n{to_markdown(report, task)}")
         print(f"Diagnosis written to {run_dir / 'diagnosis.md'}")
-        self.log_to(trainer, report, markdown, images)
+        if comparison is not None:
+            print(comparison["warning"] or comparison_line(comparison))
+        self.log_to(trainer, report, markdown, images, comparison)
         log_examples_table(trainer, task, datamodule, evaluations["val"], analysis["worst_examples"])
         return result
 
@@ -146,11 +171,53 @@ class Diagnosis(pl.Callback):
             return latest[0], f"best baseline's val error: {latest[1]}", [note]
         return 0.0, "none configured: 0; set reference_error to a human-level error, or run `baseline`", []
 
+    def baseline_comparison(
+        self,
+        trainer: pl.Trainer,
+        module: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        val: SplitEvaluation,
+        run_dir: Path,
+    ) -> dict[str, Any] | None:
+        """The model's val metric against the baselines' (`baselines.compare`), with where they come from."""
+        task = module.task
+        if not self.compare_baselines or task.monitor not in val.metrics:
+            return None
+        started = time.perf_counter()
+        found = baselines.find_result(run_dir.parent, task, datamodule)
+        if found is not None:
+            result, source = found[0], f"the baseline run {found[1]}"
+        else:
+            try:
+                result = baselines.run_baselines(
+                    task, datamodule, max_train_samples=self.baseline_train_samples, splits=("train", "val")
+                )
+            except NotImplementedError as error:  # a task of the user's own without the baseline hooks
+                print(f"Baseline comparison skipped: the task has no baselines ({error or 'NotImplementedError'})")
+                return None
+            source = f"fitted now on {result['train_samples']} training samples (`baseline` runs them on every split)"
+        comparison = baselines.compare(val.metrics, result, task, next_steps(trainer, task, val.metrics, result))
+        comparison["descriptions"] = result["descriptions"]
+        comparison["source"] = source
+        comparison["seconds"] = round(time.perf_counter() - started, 2)
+        return comparison
+
     @staticmethod
-    def log_to(trainer: pl.Trainer, report: Report, markdown: str, images: dict[str, Image.Image]) -> None:
+    def log_to(
+        trainer: pl.Trainer,
+        report: Report,
+        markdown: str,
+        images: dict[str, Image.Image],
+        comparison: dict[str, Any] | None = None,
+    ) -> None:
         """Scalars to every logger; the table and images where the logger takes them (CSV: the files only)."""
         scalars = {f"diagnosis/{name}_error": value for name, value in vars(report.errors).items() if value is not None}
         scalars.update({f"diagnosis/{name}": value for name, value in report.gaps.items()})
+        if comparison is not None:  # e.g. baseline/linear_val_acc, baseline/model_val_acc, baseline/model_worse
+            metric = comparison["metric"].replace("/", "_")
+            scalars.update({f"baseline/{name}_{metric}": value for name, value in comparison["baselines"].items()})
+            scalars[f"baseline/model_{metric}"] = comparison["model"]
+            scalars["baseline/model_worse"] = float(comparison["verdict"] == "worse")
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
@@ -163,6 +230,48 @@ class Diagnosis(pl.Callback):
                 for name, image in images.items():
                     pixels = numpy.asarray(image)  # [H, W, 3] uint8
                     logger.experiment.add_image(f"diagnosis/{name}", pixels, trainer.global_step, dataformats="HWC")
+
+
+def next_steps(trainer: pl.Trainer, task: Task, model: dict[str, float], result: dict[str, Any]) -> str:
+    """What to try when the model is worse than a baseline, in one clause: the fixes of an under-trained model
+    (learning rate, epochs, normalization), or, when it does not even beat the constant, a bug hunt first."""
+    sign = 1.0 if task.mode == "max" else -1.0
+    constant = result["baselines"].get(task.constant_baseline, {}).get("val", {}).get(task.monitor)
+    value = model[task.monitor]
+    if constant is not None and not (math.isfinite(value) and sign * (value - constant) > 0):
+        return (
+            f"it does not beat the {task.constant_baseline} baseline: check the labels, the loss and the inputs' "
+            "normalization (the sanity checks at the start), then the learning rate (`lr-find`)"
+        )
+    optimizers = getattr(trainer, "optimizers", None) or []
+    peaks = [group.get("initial_lr", group["lr"]) for group in optimizers[0].param_groups] if optimizers else []
+    lr = f" (now {max(peaks):.3g})" if peaks else ""
+    steps = [f"a higher --model.optimizer.lr{lr}, or the one `lr-find` suggests"]
+    if trainer.current_epoch:
+        steps.append(f"more epochs (ran {trainer.current_epoch} of --trainer.max_epochs {trainer.max_epochs})")
+    steps.append("inputs on a common scale (the sanity checks at the start)")
+    return "try " + "; ".join(steps)
+
+
+def comparison_line(comparison: dict[str, Any]) -> str:
+    """The comparison in one line when the model is not worse."""
+    best, metric = comparison["best_baseline"], comparison["metric"].split("/")[-1]
+    relation = "beats" if comparison["verdict"] == "better" else "ties with"
+    return (
+        f"Baselines: the model (val {metric} {comparison['model']:.4g}) {relation} the best baseline, "
+        f"{best} ({comparison['baselines'][best]:.4g})"
+    )
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    """The comparison as a section of diagnosis.md."""
+    metric = comparison["metric"]
+    lines = ["", "## Against the baselines", "", f"| model or baseline | {metric} |", "|---|---:|"]
+    lines.append(f"| the model | {comparison['model']:.4g} |")
+    lines += [f"| {name} | {value:.4g} |" for name, value in comparison["baselines"].items()]
+    lines += ["", comparison["warning"] or comparison_line(comparison), "", f"Baselines: {comparison['source']}.", ""]
+    lines += [f"- {name}: {text}." for name, text in comparison["descriptions"].items()]
+    return "\n".join(lines) + "\n"
 
 
 EXAMPLE_COLUMNS = ("id", "inputs", "true", "predicted", "confidence", "pixel_error", "loss")

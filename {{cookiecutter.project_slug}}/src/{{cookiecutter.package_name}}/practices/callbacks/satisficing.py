@@ -18,6 +18,17 @@ best optimizing value among the feasible epochs or, when none is feasible, the c
 follows the metric's mode: for a metric to minimize (`val/rmse`, mode "min") infeasible epochs score above
 every feasible one.
 
+Ties on the optimizing metric are broken by the validation loss (`optimize.tie_break`, lower is better): a coarse
+metric (accuracy on a small val split) often stays flat for epochs while the loss still falls, and without the
+tie-break the checkpoint would keep the first of those epochs and early stopping (which watches the same score)
+would stop a run that is still learning. A feasible epoch scores
+
+    metric - TIE_BREAK * max(|metric|, 1e-6) * s(loss)    (mode "max"; "+" for mode "min")
+
+with s(loss) = 1/2 + atan(loss)/pi in (0, 1), increasing. The term is at most 1e-8 of the metric, below the
+relative step between two float32 values (about 1.2e-7), so it never reorders two different metric values: it
+only ranks the epochs whose metric is the same.
+
 At the end of `fit` it prints a table (limit, value measured at the chosen epoch, pass/fail) and writes
 `satisficing.md` and `satisficing.json` into the run folder.
 """
@@ -54,15 +65,22 @@ SCORE_KEY = PREFIX + "score"
 # Infeasible epochs score beyond this offset, so they rank below any feasible metric value smaller in magnitude.
 # The score is logged in float64, which still resolves violation differences of ~1e-7 at this size.
 INFEASIBLE_OFFSET = 1e9
+# The weight of the tie-break relative to the metric (module docstring): below float32's relative resolution.
+TIE_BREAK = 1e-8
 MIB = 2**20
 
 
 @dataclass
 class Optimize:
-    """The one metric to optimize: a logged key and whether higher ("max") or lower ("min") is better."""
+    """The one metric to optimize: a logged key and whether higher ("max") or lower ("min") is better.
+
+    `tie_break`: a key logged in validation, lower is better (the val loss), that ranks the epochs whose metric is
+    the same; None: the earliest of them is kept.
+    """
 
     metric: str = "val/acc"
     mode: Literal["max", "min"] = "max"
+    tie_break: str | None = "val/loss"
 
 
 @dataclass
@@ -117,10 +135,18 @@ def violations(measured: Mapping[str, float], satisfice: Satisfice) -> dict[str,
     return result
 
 
-def gated_score(metric: float, violation: float, mode: str) -> float:
-    """The optimizing metric when feasible (violation 0); otherwise worse than any feasible score, by `violation`."""
+def gated_score(metric: float, violation: float, mode: str, tie_break: float | None = None) -> float:
+    """The optimizing metric when feasible (violation 0); otherwise worse than any feasible score, by `violation`.
+
+    `tie_break` (lower is better, e.g. the val loss; None: none) nudges a feasible score by at most TIE_BREAK of
+    the metric, so equal metrics rank by it and different ones keep their order (module docstring).
+    """
     if violation == 0:
-        return metric
+        if tie_break is None:
+            return metric
+        squashed = 1.0 if math.isnan(tie_break) else 0.5 + math.atan(tie_break) / math.pi  # (0, 1), increasing
+        nudge = TIE_BREAK * max(abs(metric), 1e-6) * squashed
+        return metric - nudge if mode == "max" else metric + nudge
     return -(INFEASIBLE_OFFSET + violation) if mode == "max" else INFEASIBLE_OFFSET + violation
 
 
@@ -398,17 +424,34 @@ class SatisficingMetrics(pl.Callback):
             rank_zero_warn(f"{self.optimize.metric}={metric} is too large for the gated score to rank correctly")
         missed = violations(measured, self.satisfice)
         violation = sum(missed.values())
+        tie_break = self._tie_break(trainer)
         return {
             "epoch": epoch,
             "step": trainer.global_step,
             "metric": metric,
+            "tie_break": tie_break,
             "measured": measured,
             "measured_at_epoch": measured_at,
             "violations": missed,
             "violation": violation,
             "feasible": violation == 0,
-            "score": gated_score(metric, violation, self.optimize.mode),
+            "score": gated_score(metric, violation, self.optimize.mode, tie_break),
         }
+
+    def _tie_break(self, trainer: pl.Trainer) -> float | None:
+        """The tie-break's value this validation; None (and a warning, once) when it is not logged."""
+        key = self.optimize.tie_break
+        if key is None or key == self.optimize.metric:
+            return None
+        if key not in trainer.callback_metrics:
+            if key not in self._warned:
+                self._warned.add(key)
+                rank_zero_warn(
+                    f"optimize.tie_break={key!r} is not logged in validation: epochs with equal "
+                    f"{self.optimize.metric} keep the earliest"
+                )
+            return None
+        return float(trainer.callback_metrics[key])
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -471,9 +514,10 @@ class SatisficingMetrics(pl.Callback):
         kept = checkpoint.best_model_score if checkpoint is not None else None
         if kept is not None:
             kept = float(kept)
-            for index, score in enumerate(scores):
-                if score == kept or math.isclose(score, kept, rel_tol=1e-12):
-                    return index
+            exact = [index for index, score in enumerate(scores) if score == kept]
+            close = [index for index, score in enumerate(scores) if math.isclose(score, kept, rel_tol=1e-12)]
+            if exact or close:
+                return (exact or close)[0]
         return best_index(scores, self.optimize.mode)
 
 
@@ -488,6 +532,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     else:
         verdict = f"No epoch met every constraint; kept the closest: {where} (infeasible), {metric}."
+    if optimize.get("tie_break"):
+        verdict += f" Equal {optimize['metric']} values rank by {optimize['tie_break']} (lower first)."
     lines = ["# Optimizing and satisficing metrics", "", verdict]
     if report["checkpoint"]:
         lines += ["", f"Checkpoint: {report['checkpoint']}"]

@@ -49,7 +49,7 @@ def test_padding_mask_and_truncation():
     assert long["values"].tolist() == [reader.index[w] for w in ["one", "two", "three", "four"]]  # first 4 kept
     assert short["mask"].tolist() == [True, False, False, False]
     assert short["values"].tolist()[1:] == [0, 0, 0]
-    assert "1 of 2 train rows truncated to 4" in reader.describe()
+    assert "1 of 2 train rows truncated to their first 4 steps" in reader.describe()
 
 
 def test_empty_text_is_one_unknown_step():
@@ -68,6 +68,15 @@ def test_numeric_series_standardized_with_train_statistics():
     assert sample["values"].dtype == torch.float32 and sample["values"].shape == (4, 1)
     assert sample["values"][:2, 0].tolist() == pytest.approx([0.0, 6 / 2**0.5])
     assert sample["mask"].tolist() == [True, True, False, False]
+
+
+def test_a_long_numeric_series_keeps_its_most_recent_values():
+    # A forecasting window: the steps right before the target matter most, so the oldest are cut, not the newest.
+    reader = fitted(["1 2 3 4 5 6", "7 8"], kind="numeric", max_length=3)
+    assert reader.mean == pytest.approx(6.0)  # the kept steps 4 5 6 and 7 8
+    sample = reader.read(rows(["1 2 3 4 5 6"])[0], train=False)["sequence"]
+    assert (sample["values"][:, 0] * reader.std + reader.mean).tolist() == pytest.approx([4.0, 5.0, 6.0])
+    assert "1 of 2 train rows truncated to their last 3 steps" in reader.describe()
 
 
 def test_bad_number_names_file_line_column_and_token():

@@ -75,6 +75,11 @@ class SequenceReader:
             )
         return numbers
 
+    def kept(self, items: list[str] | list[float]) -> list[str] | list[float]:
+        """The steps a longer sequence keeps: a text its first max_length tokens (its beginning says what it is
+        about), a numeric series its last max_length values (a forecast needs the most recent ones)."""
+        return items[: self.max_length] if self.kind == "tokens" else items[-self.max_length :]
+
     def fit(self, rows: list[Row]) -> None:
         parsed = [self.parse(row) for row in rows]
         self._lengths = [len(items) for items in parsed]
@@ -85,8 +90,8 @@ class SequenceReader:
             self.vocabulary = ["<pad>", "<unk>", *kept]
             self.index = {token: i for i, token in enumerate(self.vocabulary)}
         else:
-            # Statistics of the steps the model actually sees (the first max_length of each series).
-            steps = [x for numbers in parsed for x in numbers[: self.max_length]]
+            # Statistics of the steps the model actually sees (the last max_length of each series).
+            steps = [x for numbers in parsed for x in self.kept(numbers)]
             self.mean = statistics.fmean(steps) if steps else 0.0
             std = statistics.pstdev(steps, self.mean) if len(steps) > 1 else 0.0
             self.std = std if std > 1e-12 else 1.0  # a constant series: centre it, do not divide by zero
@@ -99,7 +104,7 @@ class SequenceReader:
     def read(self, row: Row, train: bool) -> dict[str, Any]:
         if not self.fitted:
             raise RuntimeError("SequenceReader.fit(train_rows) must run before read()")
-        items = self.parse(row)[: self.max_length]
+        items = self.kept(self.parse(row))
         mask = torch.zeros(self.max_length, dtype=torch.bool)
         if self.kind == "tokens":
             # An empty text still gets one real step, so masked pooling and packed RNNs never see length 0.
@@ -150,7 +155,7 @@ class SequenceReader:
             "std": self.std,
             "pad_value": 0.0,
             "steps": [
-                "numbers = [float(token) for token in cell.split()] (finite, at least one), the first max_length kept",
+                "numbers = [float(token) for token in cell.split()] (finite, at least one), the last max_length kept",
                 "values = (number - mean) / std in float64, as float32 [max_length, 1], padded with pad_value",
                 "mask = True on the real steps",
             ],
@@ -164,7 +169,8 @@ class SequenceReader:
         truncated = sum(length > self.max_length for length in lengths)
         shape = (
             f"length min {min(lengths)} / median {statistics.median(lengths):g} / max {max(lengths)}, "
-            f"{truncated} of {len(self._lengths)} train rows truncated to {self.max_length}"
+            f"{truncated} of {len(self._lengths)} train rows truncated to their "
+            f"{'first' if self.kind == 'tokens' else 'last'} {self.max_length} steps"
         )
         if self.kind == "tokens":
             learned = f"vocabulary {len(self.vocabulary) - 2} tokens seen >= {self.min_count} times (+ pad, unknown)"

@@ -226,7 +226,7 @@ def read_sequence(spec: Mapping[str, Any], cell: Any) -> dict[str, np.ndarray]:
     numbers = [float(token) for token in str(cell).split()]
     if not numbers or not all(math.isfinite(number) for number in numbers):
         raise ValueError(f"{str(cell)[:40]!r} is not a series of finite numbers")
-    numbers = numbers[:length]
+    numbers = numbers[-length:]  # a series keeps its most recent values
     values = np.full((length, 1), spec["pad_value"], dtype=np.float32)
     standardized = (np.asarray(numbers, dtype=np.float64) - spec["mean"]) / spec["std"]
     values[: len(numbers), 0] = standardized.astype(np.float32)

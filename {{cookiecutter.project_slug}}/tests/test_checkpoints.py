@@ -3,6 +3,7 @@ resumed only into the run they belong to, with the optimizer settings of the con
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -146,6 +147,25 @@ def _tabular(columns: list[str], colors: list[str]) -> SimpleNamespace:
 def _sequence(vocabulary: list[str]) -> SimpleNamespace:
     spec = {"kind": "sequence", "column": "text", "sequence_kind": "tokens", "vocabulary": vocabulary}
     return SimpleNamespace(preprocessing=spec)
+
+
+def test_test_on_other_data_than_the_checkpoints_says_so(
+    trained: Path, tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = Path(shutil.copytree(tiny_data, tmp_path / "other"))  # the same data, one test sample fewer
+    if (other / "test.csv").is_file():
+        lines = (other / "test.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (other / "test.csv").write_text("".join(lines[:-1]), encoding="utf-8")
+    else:
+        sorted((other / "test").rglob("*.png"))[-1].unlink()
+    checkpoint = str(trained / "checkpoints" / "last.ckpt")
+    with caplog.at_level(logging.INFO):
+        main(cli_args("test", other, tmp_path / "runs", "--ckpt_path", checkpoint))
+    assert any("The data differ from the checkpoint's" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        main(cli_args("test", tiny_data, tmp_path / "runs", "--ckpt_path", checkpoint))
+    assert not any("The data differ" in record.getMessage() for record in caplog.records)
 
 
 def test_inputs_columns_vocabularies_and_weights_are_compared() -> None:

@@ -40,7 +40,7 @@ from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from .data import toy
 from .data.datamodule import DataModule
@@ -226,6 +226,9 @@ class ProjectCLI(LightningCLI):
             )
         if self.checkpoint is not None:  # trained for this task, classes, inputs and architecture?
             compatibility.check(self.ckpt_path, self.checkpoint, self.model, self.datamodule)
+            difference = compatibility.data_difference(self.checkpoint, self.datamodule)
+            if difference and self.subcommand in ("validate", "test", "predict"):  # fine, but say so
+                rank_zero_info(f"{difference}: {self.subcommand} runs {self.ckpt_path} on the data configured now")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         recipes = [

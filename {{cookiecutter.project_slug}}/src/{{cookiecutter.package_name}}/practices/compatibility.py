@@ -76,6 +76,17 @@ def metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def data_difference(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
+    """A one-line note when the data a command reads are not the ones the checkpoint was trained on (other files,
+    or other data.* settings): "The data differ from the checkpoint's (fingerprint a, now b)"; None when they are
+    the same, or when the checkpoint does not say."""
+    trained_on = (checkpoint.get("provenance") or {}).get("data_fingerprint")
+    now = getattr(datamodule, "fingerprint", None)
+    if not trained_on or trained_on == now:
+        return None
+    return f"The data differ from the checkpoint's (fingerprint {trained_on}, now {now})"
+
+
 def _shapes(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(getattr(value, "shape", ())) for name, value in state_dict.items()}
 

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from pytorch_lightning import Trainer
 
 from ..errors import ProjectError
-from . import baselines, lr_finder, runs
+from . import baselines, compatibility, lr_finder, runs
 from .callbacks.diagnosis import Diagnosis, load_weights
 from .export import DEFAULT_FORMATS, export_network
 
@@ -63,11 +63,11 @@ class ProjectTrainer(Trainer):
         checkpoint = load_weights(model, ckpt_path)
         model = self.precision_plugin.convert_module(model)  # 16-true / bf16-true: weights in that dtype, as in fit
         notes = []
-        trained_on = checkpoint.get("provenance", {}).get("data_fingerprint")
-        if trained_on and trained_on != getattr(datamodule, "fingerprint", None):
+        difference = compatibility.data_difference(checkpoint, datamodule)
+        if difference:
             notes.append(
-                f"The data differ from the checkpoint's (fingerprint {trained_on}, now {datamodule.fingerprint}): "
-                "check that data.* matches the fit, or train-dev/val may contain samples the model trained on."
+                f"{difference}: check that data.* matches the fit, or train-dev/val may contain samples the model "
+                "trained on."
             )
         callback = next((c for c in self.callbacks if isinstance(c, Diagnosis)), None) or Diagnosis()
         result = callback.run(self, model, datamodule, source=str(ckpt_path), notes=notes)
@@ -101,12 +101,11 @@ class ProjectTrainer(Trainer):
         if not ckpt_path:
             raise ProjectError("export needs --ckpt_path: a checkpoint file, 'best' or 'last'")
         checkpoint = load_weights(model, ckpt_path)
-        trained_on = checkpoint.get("provenance", {}).get("data_fingerprint")
-        if trained_on and trained_on != getattr(datamodule, "fingerprint", None):
+        difference = compatibility.data_difference(checkpoint, datamodule)
+        if difference:
             warnings.warn(
-                f"The data differ from the checkpoint's (fingerprint {trained_on}, now {datamodule.fingerprint}): "
-                "preprocess.json holds the statistics and vocabularies of the current train split, which may not "
-                "be the ones the model was trained with; export with the fit's data.* settings",
+                f"{difference}: preprocess.json holds the statistics and vocabularies of the current train split, "
+                "which may not be the ones the model was trained with; export with the fit's data.* settings",
                 stacklevel=2,
             )
         output = Path(output_dir) if output_dir else Path(self.default_root_dir) / "export"

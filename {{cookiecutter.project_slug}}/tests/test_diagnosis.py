@@ -291,3 +291,11 @@ def test_a_model_that_does_not_beat_the_constant_baseline_is_told_to_look_for_a_
     better = 0.55 if TASK.mode == "max" else 0.45
     advice = diagnosis_next_steps(trainer, TASK, {TASK.monitor: better}, result)
     assert advice.startswith("try a higher --model.optimizer.lr") and "epochs" not in advice  # `diagnose`: no fit
+
+
+def test_an_unknown_reference_is_not_taken_for_zero() -> None:
+    # No human-level error and no baseline run: a 30% train error is not "under-fitting against 0%".
+    report = diagnose(SplitErrors(reference=None, train=0.30, val=0.31))
+    assert "avoidable_bias" not in report.gaps and report.dominant != "avoidable_bias"
+    assert any("avoidable bias (under-fitting) is unknown" in note for note in report.notes)
+    assert "| reference | unknown |" in to_markdown(report)

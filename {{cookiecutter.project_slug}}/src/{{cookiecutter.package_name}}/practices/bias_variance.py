@@ -167,7 +167,7 @@ class SplitErrors:
     """The task's error (`Task.error`, in words `Task.error_meaning`; 1 - accuracy for classification) on each
     split; train_dev and test are optional."""
 
-    reference: float
+    reference: float | None  # None: unknown (no human-level error configured, no baseline run)
     train: float
     val: float
     train_dev: float | None = None
@@ -205,7 +205,8 @@ def diagnose(
     inputs = tuple(inputs)
     rate = task.error_is_rate if task is not None else True
     separable = errors.train_dev is not None
-    gaps = {"avoidable_bias": errors.train - errors.reference}
+    # Against an unknown reference there is no avoidable bias to measure: never call it under-fitting against 0.
+    gaps = {} if errors.reference is None else {"avoidable_bias": errors.train - errors.reference}
     if separable:
         gaps["variance"] = errors.train_dev - errors.train
         gaps["data_mismatch"] = errors.val - errors.train_dev
@@ -234,7 +235,12 @@ def diagnose(
             "No train-dev split: variance and data mismatch are not separable; the variance row is val - train "
             "and holds both (set `data.splits.train_dev_fraction` to split them)."
         )
-    if gaps["avoidable_bias"] < -tolerance:
+    if errors.reference is None:
+        notes.append(
+            "No reference error: avoidable bias (under-fitting) is unknown. Set the Diagnosis callback's "
+            "`reference_error` to a human-level error, or run `baseline` (its best val error becomes the reference)."
+        )
+    elif gaps["avoidable_bias"] < -tolerance:
         notes.append(
             "Train error is below the reference error, so the reference is not a floor: avoidable bias is "
             "unknown (the Bayes error can be well below human-level error)."
@@ -292,7 +298,7 @@ def to_markdown(diagnosis: Diagnosis, task: Task | None = None) -> str:
     lines += [
         "| split | error | samples |",
         "|---|---:|---:|",
-        f"| {reference} | {format_error(errors.reference, rate)} | |",
+        f"| {reference} | {'unknown' if errors.reference is None else format_error(errors.reference, rate)} | |",
     ]
     for split in ("train", "train_dev", "val", "test"):
         error = getattr(errors, split)

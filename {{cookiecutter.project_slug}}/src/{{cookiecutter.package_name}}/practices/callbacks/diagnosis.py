@@ -157,7 +157,7 @@ class Diagnosis(pl.Callback):
         log_examples_table(trainer, task, datamodule, evaluations["val"], analysis["worst_examples"])
         return result
 
-    def reference(self, runs_dir: Path) -> tuple[float, str, list[str]]:
+    def reference(self, runs_dir: Path) -> tuple[float | None, str, list[str]]:
         """The reference error, where it comes from, and what that means for the avoidable bias."""
         if self.reference_error is not None:
             return self.reference_error, "configured human-level error", []
@@ -169,7 +169,7 @@ class Diagnosis(pl.Callback):
                 "`reference_error` to a human-level error for a real estimate."
             )
             return latest[0], f"best baseline's val error: {latest[1]}", [note]
-        return 0.0, "none configured: 0; set reference_error to a human-level error, or run `baseline`", []
+        return None, "unknown: set reference_error to a human-level error, or run `baseline`", []
 
     def baseline_comparison(
         self,

@@ -267,11 +267,16 @@ def test_predict_reads_a_folder_named_relative_to_where_the_user_stands(
         main(cli_args("predict", tiny_data, runs, "--data.predict_path", "no_such_folder", "--ckpt_path", "best"))
 
 
-def test_fit_writes_summary_and_predict_writes_one_row_per_input(tiny_data: Path, tmp_path: Path) -> None:
+def test_fit_writes_summary_and_predict_writes_one_row_per_input(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     runs = tmp_path / "runs"
     fit = main(cli_args("fit", tiny_data, runs, *FEW_BATCHES, "--trainer.max_epochs", "1"))
     summary = json.loads((fit.run_dir / "summary.json").read_text())
     assert Path(summary["best_checkpoint"]).is_file() and f"val/{MONITOR}" in summary["val_metrics"]
+    printed = capsys.readouterr().out  # the last epoch's metrics, and the kept checkpoint's own value: not mixed up
+    assert "Validation metrics of the last epoch (0):" in printed
+    assert f"Kept checkpoint (val/{MONITOR} {summary['optimize']['value']:.4f}; monitored" in printed
 
     source, ids = inputs_to_predict(tiny_data, tmp_path / "to_predict")
     predict = main(cli_args("predict", tiny_data, runs, "--data.predict_path", str(source), "--ckpt_path", "best"))

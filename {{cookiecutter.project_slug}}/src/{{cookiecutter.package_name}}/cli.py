@@ -326,12 +326,14 @@ class ProjectCLI(LightningCLI):
             summary["baseline_comparison"] = comparison
         runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
         print(f"\nFinished fit in {summary['seconds']} s: {summary['epochs']} epochs, {summary['global_step']} steps")
-        if metrics:
-            print("Final validation metrics:")
+        if metrics:  # the last epoch's, which need not be the kept checkpoint's: say which is which
+            print(f"Validation metrics of the last epoch ({trainer.current_epoch - 1}):")
         for name, value in sorted(metrics.items()):
             print(f"  {name:<12} {value:.4f}")
+        optimize = summary["optimize"]
         if summary["best_checkpoint"]:
-            print(f"Best checkpoint ({summary['monitor']}={summary['best_score']:.4f}): {summary['best_checkpoint']}")
+            kept = f"{optimize['metric']} {optimize['value']:.4f}" if optimize["value"] is not None else "checkpoint"
+            print(f"Kept checkpoint ({kept}; monitored {summary['monitor']}): {summary['best_checkpoint']}")
         print(f"Run folder: {self.run_dir}")
         if comparison is not None and comparison["warning"]:
             print(comparison["warning"])  # the last line a user reads

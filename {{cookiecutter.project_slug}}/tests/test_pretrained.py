@@ -55,6 +55,9 @@ def test_offline_cache_miss_fails_with_a_message_naming_pretrained_file(tmp_path
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "PretrainedWeightsError" in result.stderr and "pretrained_file" in result.stderr
+    # Already offline: the message says what is missing, not to set what is set.
+    assert "HF_HUB_OFFLINE is set and the Hugging Face cache does not hold them" in result.stderr
+    assert "set HF_HUB_OFFLINE=1" not in result.stderr
 
 
 def test_hub_probe_gives_up_quickly_on_an_unreachable_host() -> None:

@@ -26,11 +26,20 @@ def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
         return False
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
+
+
 def _weights_hint(backbone: str) -> str:
+    cache = (
+        "HF_HUB_OFFLINE is set and the Hugging Face cache does not hold them"
+        if _hub_offline()
+        else "set HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache"
+    )
     return (
-        f"set model.pretrained_file to a local weights file for {backbone!r} (.safetensors or .pth state dict), "
-        "set HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache, "
-        "or set model.pretrained=false to train from scratch"
+        f"give the image encoder a pretrained_file (local weights for {backbone!r}: .safetensors or a .pth state "
+        f"dict), {cache}, or set pretrained: false to train from scratch (on a CPU, the settings of "
+        "configs/toy.yaml: a small backbone from scratch at a small image size)"
     )
 
 
@@ -86,7 +95,7 @@ def create_backbone(
     if not pretrained:
         return timm.create_model(backbone, pretrained=False, **kwargs)
     # The hub client retries for about a minute when the network is down; fail in seconds instead.
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "false", "") and not hub_reachable():
+    if not _hub_offline() and not hub_reachable():
         raise PretrainedWeightsError(f"cannot reach {HUB_HOST} to download {backbone!r}: {_weights_hint(backbone)}")
     try:
         return timm.create_model(backbone, pretrained=True, **kwargs)

@@ -45,7 +45,7 @@ def test_good_data_passes_every_check(tiny_data: Path, tmp_path: Path, capsys) -
         cli = main(cli_args("fit", tiny_data, tmp_path / "runs", *ONE_STEP))
     assert sanity_warnings(caught) == []
     out = capsys.readouterr().out
-    summary = out[out.index("Sanity checks") :]
+    summary = out[out.index("Sanity checks") :].split("\n\n")[0]  # the block, not what fit prints after it
     checks = ["init loss", "inputs", "labels", "leakage"] + (["sample grid"] if "image" in MODALITIES else [])
     for check in checks:
         assert f"\n  {check}" in summary and "WARNING" not in summary

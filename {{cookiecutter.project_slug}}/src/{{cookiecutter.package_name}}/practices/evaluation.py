@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.plugins import Precision
 from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 
 from ..data.datamodule import RowDataset
 
@@ -56,6 +56,11 @@ class Accumulator:
 
     def __init__(self, task: Any, split: str, metrics: MetricCollection | None = None):
         self.task, self.split, self.metrics = task, split, metrics
+        for metric in metrics.modules() if metrics is not None else ():
+            if isinstance(metric, Metric):
+                # One process evaluates on its own (after a DDP fit only rank zero diagnoses, compares baselines
+                # and averages): torchmetrics would sync at compute and wait for processes that never come.
+                metric.distributed_available_fn = _evaluating_alone
         self.outputs: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
         self.losses: list[torch.Tensor] = []
@@ -89,6 +94,11 @@ class Accumulator:
         if self.metrics is not None:
             metrics = {name: float(value) for name, value in self.metrics.compute().items()}
         return SplitEvaluation(self.split, float(error), outputs, targets, torch.cat(self.losses), self.ids, metrics)
+
+
+def _evaluating_alone() -> bool:
+    """torchmetrics' `distributed_available_fn` for an evaluation one process runs on its own."""
+    return False
 
 
 def eval_dataset(datamodule: pl.LightningDataModule, split: str, max_samples: int | None = None) -> RowDataset:

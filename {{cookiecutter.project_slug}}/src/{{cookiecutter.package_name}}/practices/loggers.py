@@ -28,7 +28,7 @@ LIGHTNING_CSV_LOGGERS = {
     for package in ("pytorch_lightning", "lightning.pytorch")
     for module in ("", ".csv_logs")
 }
-PROBE_SECONDS = 3.0  # how long W&B's server may take to accept a connection before a run goes offline
+PROBE_SECONDS = 3.0  # how long W&B's server may take to answer a request before a run goes offline
 # The command's settings the model's and data's hyperparameters (which Lightning logs itself) leave out.
 RUN_SETTINGS = ("seed_everything", "trainer", "checkpoint", "ensembles", "ckpt_path", "runs_dir")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 from common import (
@@ -44,10 +45,10 @@ from common import (
 BASELINE = "import pytorch_lightning"
 
 
-def first_step_times(project: Project) -> tuple[float, float]:
-    """(seconds to the first training batch start, seconds of the whole process) of a one-step `fit`."""
+def first_step_command(project: Project) -> list[str]:
+    """A one-step `fit` of the toy preset that prints when its first training batch starts."""
     clock = {"class_path": "probes.FirstStepClock"}
-    command = project.command(
+    return project.command(
         "fit",
         *("--config", "configs/default.yaml", "--config", "configs/toy.yaml"),
         # One step in a whole epoch, not max_steps=1: an epoch cut short skips validation, and EarlyStopping
@@ -55,11 +56,34 @@ def first_step_times(project: Project) -> tuple[float, float]:
         *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"),
         "--trainer.callbacks+=" + json.dumps(clock),
     )
+
+
+def first_step_times(project: Project) -> tuple[float, float]:
+    """(seconds to the first training batch start, seconds of the whole process) of a one-step `fit`."""
+    command = first_step_command(project)
     # time.time(), not perf_counter: the other end of the interval is read in the child process.
     started = time.time()
     result = run_checked(command, project.root)
     ended = time.time()
     return read_report(result.stdout)["first_batch_start"] - started, ended - started
+
+
+def import_costs(project: Project, command: list[str], baseline: list[str]) -> dict[str, float]:
+    """Seconds each top-level package adds to `command`'s imports beyond what `baseline` imports (`python -X
+    importtime`, the modules' own times summed per top-level package), largest first."""
+
+    def own_times(argv: list[str]) -> dict[str, float]:
+        stderr = run_checked([argv[0], "-X", "importtime", *argv[1:]], project.root).stderr
+        rows = re.findall(r"^import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)$", stderr, flags=re.MULTILINE)
+        return {module: int(own_us) / 1e6 for own_us, module in rows}
+
+    floor = own_times(baseline)
+    added: dict[str, float] = {}
+    for module, seconds in own_times(command).items():
+        if module not in floor:
+            top = module.split(".")[0]
+            added[top] = added.get(top, 0.0) + seconds
+    return dict(sorted(added.items(), key=lambda item: -item[1]))
 
 
 def main() -> None:
@@ -96,6 +120,10 @@ def main() -> None:
                 print(f"round {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
         conditions += [other.line(), f"1-min load average when measuring ended: {load_1min():.2f}"]
         machine = machine_description(project.python)
+        costs = {
+            "--help": import_costs(project, simple[f"python -m {package} --help"], simple[BASELINE]),
+            "fit": import_costs(project, first_step_command(project), simple[BASELINE]),
+        }
 
     baseline = median(times[BASELINE])
     rows = [
@@ -125,6 +153,21 @@ def main() -> None:
         "order of the table; median, min and max over the rounds. Ratios are medians over the median of "
         f"`{BASELINE}`.",
     ]
+    # What the CLI imports that Lightning does not, per top-level package: where a start-up regression shows first.
+    cost_rows = [
+        [f"`{top}`", *(f"{costs[name].get(top, 0.0):.3f}" for name in costs)]
+        for top in sorted({top for added in costs.values() for top in added}, key=lambda t: -costs["fit"].get(t, 0))
+        if max(costs[name].get(top, 0.0) for name in costs) >= 0.005
+    ]
+    cost_rows.append(["**all**", *(f"{sum(costs[name].values()):.3f}" for name in costs)])
+    cost_table = markdown_table(["package", "`--help` (s)", "`fit` (s)"], cost_rows)
+    print("\n" + cost_table)
+    table += (
+        "\n\n## Imports beyond `import pytorch_lightning`\n\n"
+        "Each package's own import time (`python -X importtime`, one run, after the rounds above) for modules "
+        "that `import pytorch_lightning` does not import; packages under 5 ms are left out, the total counts them.\n\n"
+        + cost_table
+    )
     write_results("cli_startup", "CLI start-up time against importing Lightning", table, method, conditions, machine)
 
 

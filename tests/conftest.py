@@ -34,8 +34,9 @@ def bake(cookies: Any, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Pat
     return Path(result.project_path)
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 900) -> str:
-    """Run a command like a user in a terminal would; fail the test with its output if it fails."""
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 1800) -> str:
+    """Run a command like a user in a terminal would; fail the test with its output if it fails (or hangs: a whole
+    rendered suite on a loaded 2-core machine can take 15 minutes, so the limit only catches a hang)."""
     result = subprocess.run(
         command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from timm.models import group_parameters
 from torch import nn
 
 from ..errors import ProjectError
@@ -45,6 +44,8 @@ def backbone_stages(backbone: nn.Module, fine: bool = False) -> list[list[str]]:
     are used for both.
     """
     if hasattr(backbone, "group_matcher"):
+        from timm.models import group_parameters  # here, not at the top: the CLI's start-up would pay timm's import
+
         groups = group_parameters(backbone, backbone.group_matcher(coarse=not fine))
         return [names for _, names in sorted(groups.items()) if names]
     if hasattr(backbone, "feature_info"):

@@ -16,7 +16,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from timm.data import Mixup
 
 from ...errors import ProjectError
 
@@ -109,6 +108,8 @@ class BatchMixing:
     ):
         self.multi_label = multi_label
         self.off_epoch = off_epoch
+        from timm.data import Mixup  # here, not at the top: the CLI's parser imports this module at start-up
+
         self.mixup = Mixup(
             mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha,

@@ -76,7 +76,12 @@ REMOVE_WHEN: tuple[Removal, ...] = (
     Removal(
         "modality",
         _modality_lacks("tabular"),
-        ("src/{package}/data/tabular.py", "src/{package}/models/encoders/tabular.py", "tests/test_tabular.py"),
+        (
+            "src/{package}/data/tabular.py",
+            "src/{package}/data/columns.py",
+            "src/{package}/models/encoders/tabular.py",
+            "tests/test_tabular.py",
+        ),
     ),
     Removal(
         "modality",

@@ -124,6 +124,10 @@ DEPENDENCY_MODULES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime",),
     "onnxscript": ("onnxscript",),
     "setuptools": ("setuptools", "pkg_resources"),
+    "litserve": ("litserve",),
+    "python-multipart": ("multipart", "python_multipart"),
+    "cleanlab": ("cleanlab",),
+    "litdata": ("litdata",),
 }
 # What those dependencies install in turn (pip on Linux; the list changes with their versions, so it is kept
 # by hand), plus what is often installed next to them (the unified `lightning` package, pandas, pip).

@@ -42,7 +42,12 @@ MODALITY_FILES: dict[str, tuple[str, ...]] = {
         "tests/test_data.py",
         "tests/test_pretrained.py",
     ),
-    "tabular": ("src/{package}/data/tabular.py", "src/{package}/models/encoders/tabular.py", "tests/test_tabular.py"),
+    "tabular": (
+        "src/{package}/data/tabular.py",
+        "src/{package}/data/columns.py",
+        "src/{package}/models/encoders/tabular.py",
+        "tests/test_tabular.py",
+    ),
     "sequence": (
         "src/{package}/data/sequence.py",
         "src/{package}/models/encoders/sequence.py",
@@ -221,7 +226,9 @@ def test_dev_requirements_cover_the_rendered_dependencies(baked: Callable[[dict[
     project = baked({"logger": "tensorboard"})
     pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = pyproject["optional-dependencies"]
-    wanted = pyproject["dependencies"] + extras["dev"] + extras["export"]  # rendered_env.py installs .[dev,export]
+    # rendered_env.py installs the project as `make install` does: .[dev,export,serve,stream,data-centric]
+    wanted = pyproject["dependencies"] + extras["dev"] + extras["export"] + extras["serve"] + extras["data-centric"]
+    wanted += extras["stream"]
     have = (TEMPLATE_DIR / "requirements-dev.txt").read_text(encoding="utf-8")
     names = {re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0].lower() for line in have.splitlines() if line[:1].isalnum()}
     missing = [req for req in wanted if re.split(r"[\[<>=!~ ]", req, maxsplit=1)[0].lower() not in names]
@@ -273,9 +280,9 @@ def test_ci_workflow_keeps_github_expressions_and_parses(project: Path) -> None:
 def test_make_install_cpu_installs_the_cpu_wheels_before_the_project(project: Path) -> None:
     cpu = make_dry_run(project, "install", "CPU=1").splitlines()
     assert "--index-url https://download.pytorch.org/whl/cpu" in cpu[0] and "torch torchvision" in cpu[0], cpu
-    assert '-e ".[dev,export]"' in cpu[1], cpu
+    assert '-e ".[dev,export,serve,stream,data-centric]"' in cpu[1], cpu
     default = make_dry_run(project, "install")
-    assert "download.pytorch.org" not in default and '-e ".[dev,export]"' in default
+    assert "download.pytorch.org" not in default and '-e ".[dev,export,serve,stream,data-centric]"' in default
     assert "download.pytorch.org" not in make_dry_run(project, "install", "CPU=0")
 
 

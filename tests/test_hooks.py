@@ -757,7 +757,12 @@ IMAGE_FILES = {
     "tests/test_data.py",
     "tests/test_pretrained.py",
 }
-TABULAR_FILES = {"src/pkg/data/tabular.py", "src/pkg/models/encoders/tabular.py", "tests/test_tabular.py"}
+TABULAR_FILES = {
+    "src/pkg/data/tabular.py",
+    "src/pkg/data/columns.py",
+    "src/pkg/models/encoders/tabular.py",
+    "tests/test_tabular.py",
+}
 SEQUENCE_FILES = {"src/pkg/data/sequence.py", "src/pkg/models/encoders/sequence.py", "tests/test_sequence.py"}
 SEGMENTATION_FILES = {"src/pkg/models/segmentation.py", "tests/test_segmentation.py"}
 FUSION_FILES = {"tests/test_fusion_training.py"}  # removed when fusion is none

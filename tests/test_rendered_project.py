@@ -37,6 +37,9 @@ REPRESENTATIVE: list[dict[str, str]] = [
     {"task_type": "segmentation", "modality": "image", "fusion": "none"},
     {"task_type": "regression", "modality": "tabular+sequence", "fusion": "gated"},
 ]
+# The optional extras' tests (serve over HTTP, LitData streaming, cleanlab label issues): their `slow` parts run
+# on the default project (its multi-process suite) and on the fused representative.
+EXTRAS_TESTS = ["tests/test_serve.py", "tests/test_streaming.py", "tests/test_label_issues.py"]
 # The optimizing metric of each task type (the `val/<metric>` every fit reports).
 MONITOR = {"multiclass": "acc", "binary": "auroc", "multilabel": "map", "regression": "rmse", "segmentation": "miou"}
 
@@ -87,6 +90,11 @@ def test_representative_project_passes_its_own_tests(
     output = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
     counts = summary_counts(output)
     assert counts.get("passed") and not counts.get("failed") and not counts.get("errors"), output[-3000:]
+    if combo["fusion"] != "none":  # the extras' long tests on a two-input project (the defaults' run below)
+        slow = ["-m", "slow", *EXTRAS_TESTS]
+        output = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *slow], cwd=project, env=OFFLINE)
+        counts = summary_counts(output)
+        assert counts.get("passed") and not counts.get("failed") and not counts.get("errors"), output[-3000:]
 
 
 @pytest.mark.xdist_group("rendered-suite")
@@ -132,16 +140,24 @@ def test_default_project_trains_to_its_target(cookies, monkeypatch: pytest.Monke
 @pytest.mark.slow
 @pytest.mark.parametrize("combo", valid_combinations(), ids=combo_id)
 def test_full_matrix(combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every valid combination renders, installs, passes its own fast tests, writes its toy data and trains for two
+    """Every valid combination renders, installs, passes its own smoke tests, writes its toy data and trains for two
     epochs (`make test-matrix`).
 
+    The smoke subset (`pytest -m smoke`: data, networks, fusion, tasks and a fit/test/predict through the CLI) is
+    what differs between combinations; the whole rendered suite runs on the representative subset in `make test`.
     A real fit, not fast_dev_run: validation runs, metrics are computed, a checkpoint and summary.json are written.
     """
     project, python, package = rendered(cookies, monkeypatch, tmp_path, **combo)
-    tests = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
-    assert " passed" in tests and "failed" not in tests
-    run([str(python), "-m", package, "toy-data"], cwd=project)
-    fit = ["fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml", "--trainer.max_epochs", "2"]
+    tests = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "smoke"], cwd=project, env=OFFLINE)
+    counts = summary_counts(tests)
+    assert counts.get("passed") and not counts.get("failed") and not counts.get("errors"), tests[-3000:]
+    # Small images and short epochs: the matrix checks that every combination trains end to end (validation,
+    # metrics, checkpoint, reports), not how well; `make test-slow` trains the default project to its target.
+    image = ["--image-size", "32"] if "image" in combo["modality"] else []
+    run([str(python), "-m", package, "toy-data", *image], cwd=project)
+    fit = ["fit", "--config", "configs/default.yaml", "--config", "configs/toy.yaml", "--trainer.max_epochs", "2",
+           "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2",
+           *(["--data.image.size", "32"] if image else [])]  # fmt: skip
     output = run([str(python), "-m", package, *fit], cwd=project, env=OFFLINE)
     summaries = list(project.glob("runs/*/summary.json"))
     assert len(summaries) == 1, output[-4000:]

@@ -32,6 +32,19 @@ MONITOR, MODE = build_task(TASK_TYPE, ["a", "b"]).monitor, build_task(TASK_TYPE,
 SEGMENTATION = TASK_TYPE == "segmentation"
 
 
+# The smoke subset (`pytest -m smoke`, what the template's full matrix runs for every combination of answers): the
+# tests of every part the answers change (data reading, networks and fusion, tasks) and one fit/test/predict through
+# the command line. The whole suite still runs by default.
+SMOKE_MODULES = {"test_data.py", "test_network.py", "test_fusion.py", "test_tasks.py"}
+SMOKE_TESTS = {"test_fast_dev_run_fit_and_test", "test_fit_writes_summary_and_predict_writes_one_row_per_input"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SMOKE_MODULES or item.originalname in SMOKE_TESTS:
+            item.add_marker(pytest.mark.smoke)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread_per_test_process() -> None:
     # The test models are tiny: threads only add overhead, and with several test processes (pytest -n, DDP tests)

@@ -1,12 +1,19 @@
-"""Tabular inputs: statistics from train only, missing and unseen values handled, bad cells named, encoder shapes."""
+"""Tabular inputs: statistics from train only, missing and unseen values handled, bad cells named, encoder shapes;
+columns the config does not list inferred from train.csv, printed and saved in the run's config.yaml."""
 
 from __future__ import annotations
 
+import csv
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from conftest import cli_args, project_datamodule
+from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data.table import Row
 from {{ cookiecutter.package_name }}.data.tabular import TabularReader
 from {{ cookiecutter.package_name }}.errors import DataError
@@ -126,3 +133,75 @@ def test_reader_spec_builds_an_encoder_that_reads_its_batches(reader: TabularRea
     )
     with pytest.raises(ValueError, match="at least one"):
         TabularEncoder(0, [])
+
+
+# --- columns inferred from train.csv when data.tabular does not list them -------------------------------------------
+TOY_NUMERIC, TOY_CATEGORICAL = ["x0", "x1", "x2", "x3"], ["colour"]
+
+
+def add_columns(root: Path) -> None:
+    """Four more columns in every split of the toy data: numbers with gaps, a text, an empty column, an id-like code."""
+    for split in ("train", "val", "test"):
+        path = root / f"{split}.csv"
+        with path.open(newline="", encoding="utf-8") as file:
+            table = list(csv.DictReader(file))
+        for i, row in enumerate(table):
+            row.update(flag="" if i % 5 == 0 else str(i % 3), note=("short", "long")[i % 2], empty="NA", code=f"c{i}")
+        with path.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+
+
+@pytest.fixture
+def wide_data(tiny_data: Path, tmp_path: Path) -> Path:
+    root = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    add_columns(root)
+    return root
+
+
+def test_unlisted_columns_are_inferred_from_train(wide_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        data = project_datamodule(wide_data, tabular={"numeric_columns": None, "categorical_columns": None})
+    # In the CSV's order; the target(s) and the other inputs' columns have their own roles.
+    assert data.tabular.numeric_columns == [*TOY_NUMERIC, "flag"]
+    assert data.tabular.categorical_columns == [*TOY_CATEGORICAL, "note"]
+    assert data.inferred_settings == {
+        "tabular": {"numeric_columns": [*TOY_NUMERIC, "flag"], "categorical_columns": [*TOY_CATEGORICAL, "note"]}
+    }
+    assert data.input_specs["tabular"] == {"numeric": 10, "categorical": [5, 3]}  # 4 colours, 2 notes (+ unknown)
+    (line,) = [record.getMessage() for record in caplog.records if "inferred from" in record.getMessage()]
+    assert "train.csv" in line and "'empty' (no value in any train row)" in line and "'code' (a different" in line
+
+
+def test_listed_columns_win_and_a_null_list_takes_the_rest(wide_data: Path) -> None:
+    listed = project_datamodule(wide_data, tabular={"numeric_columns": ["x0"], "categorical_columns": []})
+    assert (listed.tabular.numeric_columns, listed.tabular.categorical_columns) == (["x0"], [])
+    assert listed.inferred_settings == {} and listed.input_specs["tabular"] == {"numeric": 2, "categorical": []}
+    # Numbers listed, the text columns inferred: the numbers nobody listed stay out.
+    half = project_datamodule(wide_data, tabular={"numeric_columns": ["x1"], "categorical_columns": None})
+    assert half.tabular.numeric_columns == ["x1"] and half.tabular.categorical_columns == [*TOY_CATEGORICAL, "note"]
+    assert half.inferred_settings == {"tabular": {"categorical_columns": [*TOY_CATEGORICAL, "note"]}}
+
+
+def test_a_table_with_no_column_left_is_refused_in_one_line(wide_data: Path) -> None:
+    # Every column left has another role (target, image, sequence) or nothing to learn from ('empty').
+    dropped = {*TOY_NUMERIC, *TOY_CATEGORICAL, "flag", "note", "code"}
+    for split in ("train", "val", "test"):
+        path = wide_data / f"{split}.csv"
+        with path.open(newline="", encoding="utf-8") as file:
+            table = list(csv.DictReader(file))
+        with path.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=[c for c in table[0] if c not in dropped], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(table)
+    with pytest.raises(DataError, match=r"inferred from .*train\.csv.*'empty' \(no value.*no tabular input is left"):
+        project_datamodule(wide_data, tabular={"numeric_columns": None, "categorical_columns": None})
+
+
+def test_the_run_config_lists_the_inferred_columns(wide_data: Path, tmp_path: Path) -> None:
+    # configs/toy.yaml lists the toy columns: null here, as in default.yaml, so they are inferred.
+    unlisted = ["--data.tabular.numeric_columns", "null", "--data.tabular.categorical_columns", "null"]
+    cli = main(cli_args("validate", wide_data, tmp_path / "runs", "--trainer.limit_val_batches", "1", *unlisted))
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text(encoding="utf-8"))["data"]
+    assert saved["tabular"] == {"numeric_columns": [*TOY_NUMERIC, "flag"], "categorical_columns": ["colour", "note"]}

@@ -8,16 +8,22 @@
     python -m PACKAGE diagnose --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
     python -m PACKAGE lr-find  --config configs/default.yaml --config configs/toy.yaml [--num_training 100]
     python -m PACKAGE export   --config configs/default.yaml --config configs/toy.yaml --ckpt_path best
+    python -m PACKAGE serve    --config configs/default.yaml --config configs/toy.yaml --ckpt_path best [--port 8000]
     python -m PACKAGE repeat   --repeats 5 --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE cv       --folds 5   --config configs/default.yaml --config configs/toy.yaml
+    python -m PACKAGE label-issues --folds 5 --config configs/default.yaml --config configs/toy.yaml
     python -m PACKAGE sweep    --file configs/sweep.yaml [--count 20] [--dry-run]
+    python -m PACKAGE optimize-data --config configs/default.yaml --config configs/toy.yaml [--output s3://...]
 
 Every run gets its own folder under `runs/` (practices/runs.py); `--ckpt_path last|best` finds the newest one.
 `lr-find` plots loss vs learning rate and prints the `--model.optimizer.lr` to use (practices/lr_finder.py);
 `repeat` and `cv` run `fit` once per seed / fold and report mean ± std of the optimizing metric
-(practices/multirun.py); `sweep` runs a W&B agent whose trials are `fit` commands (practices/sweep.py); `export`
-writes TorchScript and ONNX files of a checkpoint and checks them against it (practices/export.py). The model is
-any LightningModule the config names (`model.class_path`): module.Model, or one of your own (contract.py).
+(practices/multirun.py); `label-issues` ranks the non-test labels by how likely they are wrong, from `cv`'s
+out-of-fold predictions (practices/label_issues.py, cleanlab); `sweep` runs a W&B agent whose trials are `fit`
+commands (practices/sweep.py); `export` writes TorchScript and ONNX files of a checkpoint and checks them against
+it (practices/export.py); `serve` answers HTTP requests with a checkpoint's predictions (practices/serve.py,
+LitServe: pip install -e ".[serve]"). The model is any LightningModule the config names (`model.class_path`):
+module.Model, or one of your own (contract.py).
 """
 
 from __future__ import annotations
@@ -42,10 +48,10 @@ from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCL
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from .data import toy
+from .data import streaming, toy
 from .data.datamodule import DataModule
 from .errors import ProjectError
-from .practices import compatibility, multirun, runs, sweep
+from .practices import compatibility, label_issues, multirun, runs, sweep
 from .practices.callbacks.checkpoint import LastEveryEpochCheckpoint
 from .practices.callbacks.diagnosis import Diagnosis
 from .practices.callbacks.ensembles import Ensembles
@@ -72,7 +78,7 @@ PACKAGE = __package__
 RECIPES = {
     "finetuning": (".practices.callbacks.finetuning", "StagedFinetuning", ("fit",)),
     "mixing": (".practices.callbacks.mixing", "MixupCutmix", ("fit",)),
-    "tta": (".practices.tta", "TestTimeAugmentation", ("test", "predict")),
+    "tta": (".practices.tta", "TestTimeAugmentation", ("test", "predict", "serve")),
 }
 # LightningCLI's own top-level --optimizer / --lr_scheduler would replace configure_optimizers and silently drop
 # the parameter groups, the schedule and fine-tuning; the model's own keys keep them.
@@ -117,18 +123,34 @@ PROJECT_COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "toy-data": toy.main,
     "repeat": lambda argv: multirun.repeat_main(argv, fit=main),
     "cv": lambda argv: multirun.cv_main(argv, fit=main),
+    "label-issues": lambda argv: label_issues.main(argv, fit=main),
     "sweep": sweep.main,
+    "optimize-data": streaming.optimize_data_main,  # LitData chunks for data.format: streaming
 }
 # Trainer-method commands typed with a hyphen, as the other commands are: name -> method.
 HYPHENATED = {"lr-find": "lr_find"}
 
 
 class ProjectCLI(LightningCLI):
+    def __init__(self, *args: Any, only_subcommand: str | None = None, **kwargs: Any) -> None:
+        # Each subcommand's parser reads the signatures of the trainer, model, data and callbacks (about 0.2 s each,
+        # eight of them): only the typed one is built in full; the others stay empty parsers that still list
+        # themselves in --help. None builds them all (a command line that names no subcommand).
+        self._only_subcommand = only_subcommand
+        super().__init__(*args, **kwargs)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        if self._only_subcommand is None or subcommand == self._only_subcommand:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        self._subcommand_method_arguments[subcommand] = []
+        return self.init_parser(**kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # ProjectTrainer's methods become subcommands like fit's; model and data come from the config, as for validate.
         own = {"model", "datamodule"}
-        return {**LightningCLI.subcommands(), "baseline": own, "diagnose": own, "export": own, "lr_find": own}
+        commands = ("baseline", "diagnose", "export", "lr_find", "serve")
+        return {**LightningCLI.subcommands(), **dict.fromkeys(commands, own)}
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Lightning's own `seed_everything: true` ("a random seed") seeds 0 (PL 2.6) and null is rejected: both draw
@@ -216,6 +238,13 @@ class ProjectCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        # What the data inferred (table columns from train.csv) goes into the run's config.yaml, written at setup:
+        # the run then repeats as it ran, whatever the data folder holds later.
+        data_config = (self.config[self.subcommand] if self.subcommand else self.config).get("data")
+        for group, settings in getattr(self.datamodule, "inferred_settings", {}).items():
+            for key, value in settings.items():
+                if data_config is not None and data_config.get(group) is not None:
+                    data_config[f"{group}.{key}"] = value
         # The machinery reads the module only through the contract: a module of the user's own that misses part
         # of it fails here, in one line, instead of deep inside a callback.
         missing = [name for name in ("task", "network", "inputs") if not hasattr(self.model, name)]
@@ -375,6 +404,16 @@ def refused_key(argv: list[str]) -> str | None:
     return None
 
 
+def typed_subcommand(argv: list[str]) -> str | None:
+    """The Trainer subcommand a command line names; "" for a bare --help (no parser needed in full); None when
+    it names none, e.g. a top-level --config file that holds the subcommand (every parser is then built)."""
+    names = ProjectCLI.subcommands()
+    typed = next((arg for arg in argv if arg in names), None)
+    if typed is None and argv and all(arg in ("-h", "--help") for arg in argv):
+        return ""
+    return typed
+
+
 def main(args: list[str] | None = None) -> ProjectCLI | None:
     argv = sys.argv[1:] if args is None else args
     refused = refused_key(argv)
@@ -410,6 +449,7 @@ def main(args: list[str] | None = None) -> ProjectCLI | None:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": f"python -m {PACKAGE}", "epilog": epilog},
             args=args,  # None: LightningCLI reads sys.argv itself
+            only_subcommand=typed_subcommand(sys.argv[1:] if args is None else args),
         )
         finish_wandb_runs(cli.trainer.loggers)
         return cli

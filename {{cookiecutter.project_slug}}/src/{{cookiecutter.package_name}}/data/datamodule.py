@@ -7,11 +7,15 @@ Two layouts under `root`:
 A missing val or test split is carved out of train, seeded (stratified by class for classification). Readers
 learn their statistics (normalization, vocabularies, class names) from the train split only, then every row of
 every split is checked once, so bad data fails before the first step with its file, line and column.
+With `format: streaming` the same rows and samples come from the LitData chunks `optimize-data` wrote
+(data/streaming.py), on a disk or in object storage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -23,6 +27,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ..answers import TASK_TYPE
@@ -127,15 +132,22 @@ class DataModule(pl.LightningDataModule):
             size, normalization, interpolation; None or {}: ImageNet statistics, and image_size must be set.
         image: the image input (data/options.py ImageInput: column, mask_column, size, augment, size_schedule);
             None: no images, unless the data is in class folders.
-        tabular: the table input (TabularInput: numeric_columns, categorical_columns); None: none.
+        tabular: the table input (TabularInput: numeric_columns, categorical_columns; a null list is inferred from
+            train.csv, printed, and saved in the run's config.yaml); None: none.
         sequence: the sequence input (SequenceInput: column, kind, max_length); None: none.
         target_columns: the column(s) to predict (regression: one per output).
         classes: class / label names in output order; None: sorted values seen in train (multiclass, binary).
+        id_column: the CSV column that names each sample (in predictions.csv and reports); every CSV read, the
+            predict CSV included, must have it. None: a sample is named by its file and line (`test.csv:7`).
         batch_size: samples per batch (per device).
         num_workers: data loader processes; None picks cpu_count - 1 (max 8).
         splits: how val, test, train-dev and cross-validation folds are carved out (Splits).
         predict_path: what `predict` reads: a CSV with the input columns, or (image classification) a folder of
             images in any layout; None predicts the test split.
+        format: folder: read the splits from `root`; streaming: stream the LitData chunks `optimize-data` wrote
+            to `streaming_dir` (data/streaming.py; `pip install -e ".[stream]"`), from a disk or object storage.
+        streaming_dir: where `optimize-data` writes and `format: streaming` reads: a folder or a URL such as
+            s3://bucket/dataset; None: <root>/streaming.
     """
 
     size_schedule: Any = None  # progressive resizing (augment.SizeSchedule), set from image.size_schedule
@@ -150,15 +162,21 @@ class DataModule(pl.LightningDataModule):
         sequence: SequenceInput | None = None,
         target_columns: list[str] | None = None,
         classes: list[str] | None = None,
+        id_column: str | None = None,
         batch_size: int = 64,
         num_workers: int | None = None,
         splits: Splits = Splits(),  # noqa: B008 - frozen, so one shared default is safe
         predict_path: str | None = None,
+        format: str = "folder",
+        streaming_dir: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)
-        if not self.root.is_dir():
+        if format not in ("folder", "streaming"):
+            raise DataError(f"data.format={format!r}: expected folder or streaming")
+        self.format, self.streaming_dir = format, streaming_dir or str(self.root / "streaming")
+        if format == "folder" and not self.root.is_dir():
             raise DataError(
                 f"data.root={root!r} does not exist (relative to {Path.cwd()}); "
                 f"write the toy dataset with `python -m {PACKAGE} toy-data` or point data.root at your data"
@@ -170,30 +188,52 @@ class DataModule(pl.LightningDataModule):
                 "(or null: no folds) and fold in 0 .. num_folds - 1"
             )
         self.split_options = splits
+        self.streamed = None  # streaming: what optimize-data wrote (the splits' rows, the class names)
+        if format == "streaming":
+            from .streaming import Streamed
+
+            self.streamed = Streamed(self.streaming_dir, splits)
+            classes = self.streamed.class_names if classes is None else classes  # as fitted on the folder
         self.batch_size, self.predict_path, self.image_config = batch_size, predict_path, image_config
         self.task_class = load_task_class(task_class)
         self.target_columns, self.classes = list(target_columns or ["target"]), classes
-        self.folder_layout = not (self.root / "train.csv").is_file()
+        self.folder_layout = self.streamed.folder_layout if self.streamed else not (self.root / "train.csv").is_file()
         # Class folders are images: the image group's defaults apply when the config names none.
         self.image = as_options(ImageInput, image) or (ImageInput() if self.folder_layout else None)
         self.tabular, self.sequence = as_options(TabularInput, tabular), as_options(SequenceInput, sequence)
-        if self.folder_layout and not (self.root / "train").is_dir():
+        if self.image is not None and importlib.util.find_spec(f"{__package__}.image") is None:
+            # Pruned at render: said before train.csv is read for an image column this project never has.
+            raise DataError("data.image is set, but this project has no image reader (data/image.py)")
+        if self.folder_layout and not self.streamed and not (self.root / "train").is_dir():
             raise DataError(f"{self.root} has neither train.csv (a manifest) nor train/ (class folders)")
         if self.folder_layout and not self.task_class.class_folder_labels:
             raise DataError(
                 f"class folders hold class labels; a {self.task_class.__name__} reads {self.root}/train.csv"
             )
+        if self.folder_layout and id_column:
+            raise DataError(
+                f"data.id_column={id_column!r} names a CSV column, and {self.root} holds class folders (no CSV): "
+                "there a sample is named by its image file; set data.id_column to null"
+            )
+        self.id_column = id_column
+        self._train_rows: list[Row] | None = None  # train.csv, once read (inferring table columns reads it first)
+        # Settings the data decided (table columns inferred from train.csv): the CLI saves them in config.yaml.
+        self.inferred_settings: dict[str, dict[str, Any]] = {}
+        self.tabular = self._resolved_tabular()
         # Everything is read here, not in setup(), so the model can be built from what the data holds.
         self.inputs: dict[str, Reader] = self._input_readers()
         self.target_reader = self._target_reader()
-        self.splits = self._read_splits()  # fits a class target on all of train.csv first: stratifying needs labels
+        # Streamed: the splits as optimize-data carved them. Folder: a class target is fitted on all of train.csv
+        # first (stratifying needs labels).
+        self.splits = self._streamed_splits() if self.streamed else self._read_splits()
         for reader in self.inputs.values():
             reader.fit(self.splits["train"])
         if self.target_reader and not self._label:
             self.target_reader.fit(self.splits["train"])  # e.g. regression target statistics, from train only
         for rows in self.splits.values():
             for reader in self._readers():
-                reader.check(rows)
+                if not (self.streamed and reader is self.inputs.get("image")):  # streamed files: checked when written
+                    reader.check(rows)
         target_spec = self.target_reader.spec if self.target_reader else {"class_names": self._mask_class_names()}
         self.class_names: list[str] = target_spec["class_names"]
         self.num_classes = len(self.class_names)
@@ -207,10 +247,8 @@ class DataModule(pl.LightningDataModule):
         # Imported here: the project keeps only the modules of its own inputs.
         readers: dict[str, Reader] = {}
         if self.image is not None:
-            try:
-                from .image import ImageDataConfig, ImageReader
-            except ModuleNotFoundError:  # pruned at render: the project was made without image inputs
-                raise DataError("data.image is set, but this project has no image reader (data/image.py)") from None
+            from .image import ImageDataConfig, ImageReader
+
             image = self.image
             self.data_config = ImageDataConfig.for_encoder(self.image_config, image.size)
             mask = image.mask_column if self.task_class.reads_masks else None
@@ -232,6 +270,27 @@ class DataModule(pl.LightningDataModule):
         if not readers:
             raise DataError("no input configured: set data.image, data.tabular or data.sequence")
         return readers
+
+    def _resolved_tabular(self) -> TabularInput | None:
+        """data.tabular with each null column list inferred from train.csv (data/columns.py), said in one line."""
+        tabular = self.tabular
+        if tabular is None or not tabular.inferred:
+            return tabular
+        if self.folder_layout:
+            raise DataError(f"data.tabular reads table columns from {self.root}/train.csv, and there is none")
+        from .columns import infer_columns
+
+        self._train_rows = self._read_split("train")
+        other_roles = {*self._required_columns(), *self.target_columns, *([self.id_column] if self.id_column else [])}
+        columns = infer_columns(self._train_rows, other_roles, tabular.numeric_columns, tabular.categorical_columns)
+        source = self.root / "train.csv"
+        if not columns.numeric and not columns.categorical:
+            raise DataError(f"{columns.describe(str(source))}: no tabular input is left")
+        rank_zero_info(columns.describe(str(source)))
+        resolved = TabularInput(numeric_columns=columns.numeric, categorical_columns=columns.categorical)
+        self.inferred_settings = {"tabular": {key: getattr(resolved, key) for key in columns.inferred}}
+        self.hparams["tabular"] = dataclasses.asdict(resolved)  # logged as it ran; plain data: checkpoints load safely
+        return resolved
 
     def input_columns(self) -> list[str]:
         """The CSV columns of the inputs other than images (table columns, then the sequence column)."""
@@ -259,6 +318,8 @@ class DataModule(pl.LightningDataModule):
 
     # --- splits ----------------------------------------------------------------------------------------------
     def _read_split(self, name: str) -> list[Row] | None:
+        if self.streamed:  # inferring table columns reads train first
+            return self.streamed.rows.get(name)
         if self.folder_layout:
             from .image import class_folders, scan_class_folders
 
@@ -268,13 +329,20 @@ class DataModule(pl.LightningDataModule):
             if name != "train":
                 class_folders(folder)  # a split folder without class folders is an error, not an empty split
             return scan_class_folders(folder, self.root)
+        if name == "train" and self._train_rows is not None:
+            return self._train_rows
         path = self.root / f"{name}.csv"
-        return read_csv(path, self._required_columns(), self.root) if path.is_file() else None
+        return read_csv(path, self._required_columns(), self.root, self.id_column) if path.is_file() else None
 
     def _required_columns(self) -> list[str]:
         columns = ([self.image.column] if self.image is not None else []) + self.input_columns()
         columns += [self.image.mask_column] if self.task_class.reads_masks else self.target_columns
         return [column for column in columns if column]
+
+    def _streamed_splits(self) -> dict[str, list[Row]]:
+        if self._label:
+            self.target_reader.fit(self.streamed.rows["train"])  # the class names written with the splits
+        return self.streamed.rows
 
     def _read_splits(self) -> dict[str, list[Row]]:
         options = self.split_options
@@ -324,13 +392,16 @@ class DataModule(pl.LightningDataModule):
         digest = hashlib.sha256()
         for split in sorted(self.splits):
             for row in self.splits[split]:
-                digest.update(f"{split}:{row.id}:{json.dumps(row.values, sort_keys=True)}\n".encode())
+                digest.update(f"{split}:{row.location}:{json.dumps(row.values, sort_keys=True)}\n".encode())
         return digest.hexdigest()[:16]
 
     # --- datasets and loaders --------------------------------------------------------------------------------
     def dataset(self, split: str, train: bool | None = None) -> RowDataset:
         """A split as a dataset; `train` (default: split == "train") switches augmentation on."""
-        return RowDataset(self.splits[split], self._readers(), split == "train" if train is None else train)
+        train = split == "train" if train is None else train
+        if self.streamed:
+            return self.streamed.dataset(split, self._readers(), train)
+        return RowDataset(self.splits[split], self._readers(), train)
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         return DataLoader(
@@ -344,6 +415,12 @@ class DataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.streamed:  # each DDP rank streams its part; the loader's position is saved in checkpoints
+            self._train_loader = self.streamed.loader("train", self, shuffle=True)
+            if self._train_loader_state:  # a resumed fit: continue the epoch where the checkpoint left it
+                self._train_loader.load_state_dict(self._train_loader_state)
+                self._train_loader_state = None
+            return self._train_loader
         dataset = self.dataset("train")
         # A last batch of one sample breaks BatchNorm; drop the remainder when there is more than one batch.
         return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
@@ -354,10 +431,26 @@ class DataModule(pl.LightningDataModule):
             return self.size_schedule.resize(batch, self.trainer.current_epoch)
         return batch
 
+    # Lightning saves a resumable loader's position in checkpoints, but skips restoring it when the train data was
+    # loaded before the checkpoint (the LR schedule's `estimated_stepping_batches` does that): the DataModule's own
+    # state carries it instead.
+    _train_loader: Any = None
+    _train_loader_state: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+
     def val_dataloader(self) -> DataLoader:
+        if self.streamed:
+            return self.streamed.loader("val", self)
         return self._loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
+        if self.streamed:
+            return self.streamed.loader("test", self)
         return self._loader(self.dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
@@ -369,7 +462,7 @@ class DataModule(pl.LightningDataModule):
         """Rows to predict: a CSV with the input columns (no target needed), or a folder of images."""
         if path.is_file():
             required = ([self.image.column] if self.image is not None else []) + self.input_columns()
-            rows = read_csv(path, [column for column in required if column], self.root)
+            rows = read_csv(path, [column for column in required if column], self.root, self.id_column)
         elif path.is_dir() and self.folder_layout:
             from .image import list_images
 

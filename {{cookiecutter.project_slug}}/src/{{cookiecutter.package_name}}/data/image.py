@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy
 import torch
@@ -153,7 +153,7 @@ def to_8_bit(image: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(numpy.clip(numpy.rint(pixels), 0, 255).astype(numpy.uint8))
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: Path | BinaryIO) -> Image.Image:
     try:
         with Image.open(path) as image:
             return to_8_bit(image, path).convert("RGB")
@@ -166,7 +166,7 @@ def load_mask_mode(path: Path) -> str:
         return mask.mode
 
 
-def load_mask(path: Path) -> Image.Image:
+def load_mask(path: Path | BinaryIO) -> Image.Image:
     """A segmentation mask: one channel, the pixel value is the class index."""
     try:
         with Image.open(path) as mask:
@@ -240,11 +240,12 @@ class ImageReader:
                     )
 
     def read(self, row: Row, train: bool) -> dict[str, Any]:
-        image = load_rgb(row.path(self.column))
+        image = load_rgb(row.source(self.column))
         transform = self.transforms[train]
         if not self._has_mask(row):
             return {"image": transform(image)}
-        mask = tv_tensors.Mask(torch.from_numpy(numpy.array(load_mask(row.path(self.mask_column)), dtype=numpy.int64)))
+        mask = load_mask(row.source(self.mask_column))
+        mask = tv_tensors.Mask(torch.from_numpy(numpy.array(mask, dtype=numpy.int64)))
         image, mask = transform(image, mask)
         return {"image": image, "target": mask.as_subclass(torch.Tensor)}
 

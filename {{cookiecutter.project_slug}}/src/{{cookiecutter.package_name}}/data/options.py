@@ -5,7 +5,7 @@ images)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,24 @@ class TabularInput:
     """Table columns, read by data/tabular.py.
 
     Args:
-        numeric_columns: numeric feature columns (standardized with train statistics, missing values imputed).
-        categorical_columns: categorical columns (embedded; values unseen in train share an unknown bucket).
+        numeric_columns: numeric feature columns (standardized with train statistics, missing values imputed);
+            null: inferred from train.csv (data/columns.py): the other columns whose cells are all numbers.
+        categorical_columns: categorical columns (embedded; values unseen in train share an unknown bucket);
+            null: inferred from train.csv: the other columns that hold text. [] means none.
     """
 
-    numeric_columns: list[str] = field(default_factory=list)
-    categorical_columns: list[str] = field(default_factory=list)
+    numeric_columns: list[str] | None = None
+    categorical_columns: list[str] | None = None
 
     @property
     def columns(self) -> list[str]:
-        return [*self.numeric_columns, *self.categorical_columns]
+        """The columns listed so far (an inferred list counts once the DataModule has filled it in)."""
+        return [*(self.numeric_columns or []), *(self.categorical_columns or [])]
+
+    @property
+    def inferred(self) -> bool:
+        """True while a list is null: the DataModule infers it from the train split."""
+        return self.numeric_columns is None or self.categorical_columns is None
 
 
 @dataclass(frozen=True)

@@ -56,13 +56,23 @@ class SequenceReader:
         # Parsing every cell once in check() and reusing it in read() keeps __getitem__ cheap (rows are immutable).
         self._parsed: dict[tuple[Path, int], list[str] | list[float]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy in another process (a spawned loader or serving worker) re-parses what it reads: the cache of every
+        # row of every split is not worth sending along.
+        return {**self.__dict__, "_parsed": {}}
+
     def parse(self, row: Row) -> list[str] | list[float]:
         """The tokens or numbers of a row's cell, untruncated; DataError naming the cell if it is not valid."""
         key = (row.file, row.line)
+        if not row.line:  # a row of no file line (a served request) is read once: nothing to cache
+            return self._parse_cell(row)
         if key not in self._parsed:
-            text = row.get(self.column)
-            self._parsed[key] = tokenize(text) if self.kind == "tokens" else self._parse_numbers(row, text)
+            self._parsed[key] = self._parse_cell(row)
         return self._parsed[key]
+
+    def _parse_cell(self, row: Row) -> list[str] | list[float]:
+        text = row.get(self.column)
+        return tokenize(text) if self.kind == "tokens" else self._parse_numbers(row, text)
 
     def _parse_numbers(self, row: Row, text: str) -> list[float]:
         numbers = []

@@ -150,13 +150,17 @@ def worst_examples(task: Task, evaluation: SplitEvaluation, k: int) -> list[dict
     ]
 
 
-def input_summary(datamodule: pl.LightningDataModule, max_columns: int = 6, width: int = 80) -> dict[str, str]:
-    """id -> the first tabular / sequence input cells of each row, as the CSV holds them ("x0=1.2, colour=red")."""
+def input_summary(
+    datamodule: pl.LightningDataModule, max_columns: int = 6, width: int = 80, split: str | None = None
+) -> dict[str, str]:
+    """id -> the first tabular / sequence input cells of each row, as the CSV holds them ("x0=1.2, colour=red"), of
+    one split (a user's id column may repeat an id in another split) or, with `split` None, of all."""
     columns = datamodule.input_columns()
     if not columns:
         return {}
     summary = {}
-    for rows in datamodule.splits.values():
+    splits = [datamodule.splits[split]] if split in datamodule.splits else datamodule.splits.values()
+    for rows in splits:
         for row in rows:
             text = ", ".join(f"{c}={row.values.get(c, '').strip()}" for c in columns[:max_columns])
             summary[row.id] = text if len(text) <= width else text[: width - 3] + "..."
@@ -173,7 +177,7 @@ def analyze(
     lines = ["", f"## Error analysis ({split})", "", *section_lines]
 
     examples = worst_examples(task, evaluation, worst_k)
-    summary = input_summary(datamodule)
+    summary = input_summary(datamodule, split=split)
     for example in examples:
         if summary:
             example["inputs"] = summary.get(example["id"], "")

@@ -92,7 +92,9 @@ def repeat_main(argv: list[str], fit: Fit) -> dict[str, Any]:
     return _report("repeat", results)
 
 
-def cv_main(argv: list[str], fit: Fit) -> dict[str, Any]:
+def cv_main(argv: list[str], fit: Fit, after_fold: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """`after_fold(cli)`: called with each fold's finished fit (its model, data, trainer and run folder), e.g. to
+    predict the fold's held-out rows (practices/label_issues.py)."""
     parser = _parser(
         "cv",
         "K-fold cross-validation: one fit per fold (fold k of the non-test data validates, the test split is kept "
@@ -106,12 +108,14 @@ def cv_main(argv: list[str], fit: Fit) -> dict[str, Any]:
     results = []
     for fold in range(args.folds):
         extra = ["--data.splits.num_folds", str(args.folds), "--data.splits.fold", str(fold)]
-        results.append({"fold": fold, **_fit_one(fit, rest, extra, f"cv fold {fold + 1}/{args.folds}")})
+        results.append({"fold": fold, **_fit_one(fit, rest, extra, f"cv fold {fold + 1}/{args.folds}", after_fold)})
     return _report("cv", results)
 
 
-def _fit_one(fit: Fit, rest: list[str], extra: list[str], title: str) -> dict[str, Any]:
-    """One fit (the user's arguments, then ours, which win), read back from its summary.json."""
+def _fit_one(
+    fit: Fit, rest: list[str], extra: list[str], title: str, after: Callable[[Any], None] | None = None
+) -> dict[str, Any]:
+    """One fit (the user's arguments, then ours, which win), read back from its summary.json; `after(cli)` then."""
     print(f"\n===== {title}: fit {' '.join(extra)}".rstrip())
     command_line = sys.argv
     # Each fit reads its arguments as if typed (LightningCLI warns when it is given both arguments and a command line).
@@ -124,6 +128,8 @@ def _fit_one(fit: Fit, rest: list[str], extra: list[str], title: str) -> dict[st
     if not summary_path.is_file():
         raise ProjectError(f"{title} wrote no {summary_path} (fast_dev_run writes none): drop fast_dev_run")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if after is not None:
+        after(cli)
     optimize = summary.get("optimize") or {}
     return {
         "seed": cli.config["fit"].get("seed_everything"),

@@ -2,7 +2,8 @@
 
 LightningCLI turns a Trainer method into a subcommand (its typed arguments become flags, the first docstring
 line its help): `python -m PACKAGE baseline ...`, `python -m PACKAGE diagnose --ckpt_path best ...`,
-`python -m PACKAGE lr-find ...` (the CLI maps the hyphenated name to `lr_find`), `python -m PACKAGE export ...`.
+`python -m PACKAGE lr-find ...` (the CLI maps the hyphenated name to `lr_find`), `python -m PACKAGE export ...`,
+`python -m PACKAGE serve --ckpt_path best ...`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,47 @@ class ProjectTrainer(Trainer):
         output = Path(output_dir) if output_dir else Path(self.default_root_dir) / "export"
         val = datamodule.dataset("val")
         return export_network(model, val, output, formats, batch_size, atol, source=str(ckpt_path))
+
+    def serve(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        ckpt_path: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_batch_size: int = 1,
+        batch_timeout: float = 0.0,
+        workers_per_device: int = 1,
+        accelerator: str = "auto",
+        timeout: float = 30.0,
+    ) -> None:
+        """Serve a checkpoint over HTTP with LitServe: POST /predict a sample, get its predictions.csv row as JSON.
+
+        Needs pip install -e ".[serve]" (practices/serve.py). Requests are read by the data's readers and answered
+        with the prediction writer's decoding, so served outputs are the `predict` outputs of the same inputs.
+
+        Args:
+            model: the architecture; the checkpoint's weights are loaded into it in each worker.
+            datamodule: its readers (statistics and vocabularies learned from train) read the requests: use the data
+                settings of the fit.
+            ckpt_path: a checkpoint file, or "best" / "last" for the newest run's.
+            host: the interface to listen on: 127.0.0.1 (this machine only), 0.0.0.0 or :: (every interface).
+            port: the HTTP port.
+            max_batch_size: requests run through the model together, at most this many (1: each on its own).
+            batch_timeout: seconds a batch waits for more requests before it runs (with max_batch_size > 1).
+            workers_per_device: model copies (worker processes) per device.
+            accelerator: auto (a GPU when there is one), cpu, cuda or mps.
+            timeout: seconds a request may wait for its answer before it gets a 504.
+        """
+        if not ckpt_path:
+            raise ProjectError("serve needs --ckpt_path: a checkpoint file, 'best' or 'last'")
+        from .serve import serve  # imported here: LitServe is an optional extra
+
+        tta = next((c for c in self.callbacks if type(c).__name__ == "TestTimeAugmentation" and c.active), None)
+        serve(
+            model, datamodule, ckpt_path, host, port, max_batch_size, batch_timeout, workers_per_device, accelerator,
+            timeout, tta_mode=tta.mode if tta else None,
+        )  # fmt: skip
 
     def lr_find(
         self,

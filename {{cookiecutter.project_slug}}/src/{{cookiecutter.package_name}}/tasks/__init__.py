@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from ..data.toy import ToyRows
     from ..practices.evaluation import SplitEvaluation
+    from ..practices.label_issues import LabelScores
 
 # Keeps log(p) and logit(p) finite where a probability is exactly 0 or 1 (inverse_activation).
 PROBABILITY_EPS = 1e-7
@@ -182,6 +183,13 @@ class Task:
     # How the exported preprocess.py (practices/deploy_preprocess.py) turns the output into predictions.csv's
     # columns, as {"decode": one of DECODERS there, ...its options}; {} when it has no decoder for this task.
     output_decoding: dict[str, Any] = {}
+
+    # --- label issues (practices/label_issues.py): which given labels look wrong ------------------------------------
+    def label_issues(self, targets: torch.Tensor, outputs: torch.Tensor) -> LabelScores:
+        """Score out-of-fold predictions against the given labels: `targets` as the dataset gives them, `outputs`
+        the task's `activation` of a model that never trained on them. NotImplementedError: the task has no such
+        scoring (the `label-issues` command refuses it in one line)."""
+        raise NotImplementedError
 
     # --- toy data (data/toy.py): a small learnable dataset in the format the data reads ---------------------------
     toy_target_columns: tuple[str, ...] = ("target",)  # the CSV columns a toy row's target is written to

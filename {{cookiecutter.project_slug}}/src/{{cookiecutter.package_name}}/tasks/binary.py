@@ -21,6 +21,7 @@ from ..data.toy import ToyRows
 from ..practices.baselines import frequency_logits
 from ..practices.error_analysis import confusion_matrix, confusion_section
 from ..practices.evaluation import SplitEvaluation
+from ..practices.label_issues import LabelScores, class_label_issues
 from . import PROBABILITY_EPS, Task
 
 
@@ -137,6 +138,11 @@ class BinaryTask(Task):
         predicted, confidence = int(positive > 0.5), max(positive, 1 - positive)
         names = self.class_names
         return {"true": names[int(target)], "predicted": names[predicted], "confidence": round(confidence, 4)}
+
+    def label_issues(self, targets: torch.Tensor, outputs: torch.Tensor) -> LabelScores:
+        """Self-confidence (the probability of the given class) and confident learning's verdict."""
+        positive = outputs.reshape(len(outputs), 1)
+        return class_label_issues(self.class_names, targets.long().reshape(-1), torch.cat([1 - positive, positive], 1))
 
     # --- toy data ---------------------------------------------------------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ from ..data.toy_shapes import CLASSES
 from ..practices.baselines import log_frequencies
 from ..practices.error_analysis import confusion_matrix, confusion_section
 from ..practices.evaluation import SplitEvaluation
+from ..practices.label_issues import LabelScores, class_label_issues
 from . import PROBABILITY_EPS, Task
 
 
@@ -124,6 +125,10 @@ class MulticlassTask(Task):
         confidence, predicted = (float(v) for v in self.activation(output[None])[0].float().max(dim=-1))
         names = self.class_names
         return {"true": names[int(target)], "predicted": names[int(predicted)], "confidence": round(confidence, 4)}
+
+    def label_issues(self, targets: torch.Tensor, outputs: torch.Tensor) -> LabelScores:
+        """Self-confidence (the probability of the given class) and confident learning's verdict."""
+        return class_label_issues(self.class_names, targets.long(), outputs)
 
     # --- toy data ---------------------------------------------------------------------------------------------------
     @classmethod

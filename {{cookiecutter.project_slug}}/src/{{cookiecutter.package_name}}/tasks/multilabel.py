@@ -27,6 +27,7 @@ from ..data.toy_shapes import SHAPES
 from ..practices.baselines import frequency_logits
 from ..practices.error_analysis import markdown_cell
 from ..practices.evaluation import SplitEvaluation
+from ..practices.label_issues import LabelScores, multilabel_label_issues
 from . import PROBABILITY_EPS, Task
 
 
@@ -171,6 +172,10 @@ class MultilabelTask(Task):
         true = [n for n, t in zip(self.class_names, target.tolist(), strict=True) if t > 0.5]
         predicted = [n for n, o in zip(self.class_names, output.tolist(), strict=True) if o > 0]
         return {"true": ", ".join(true) or "(none)", "predicted": ", ".join(predicted) or "(none)"}
+
+    def label_issues(self, targets: torch.Tensor, outputs: torch.Tensor) -> LabelScores:
+        """Each label's self-confidence, aggregated per sample; flagged when any label of the sample looks wrong."""
+        return multilabel_label_issues(self.class_names, targets > 0.5, outputs)
 
     # --- toy data ---------------------------------------------------------------------------------------------------
     @classmethod

@@ -21,6 +21,7 @@ from ..data.toy import COLOURS, SEQUENCE_COLUMN, ToyRows, filler_sentence, tabul
 from ..data.toy_shapes import SHAPES
 from ..practices.error_analysis import markdown_cell
 from ..practices.evaluation import SplitEvaluation
+from ..practices.label_issues import LabelScores, numeric_label_issues
 from . import Task
 
 LOSSES = ("mse", "huber")
@@ -194,6 +195,10 @@ class RegressionTask(Task):
         true = self.activation(target.reshape(1, -1).float())[0].tolist()  # back to the target's units
         predicted = self.activation(output[None])[0].tolist()
         return {"true": ", ".join(f"{v:.4g}" for v in true), "predicted": ", ".join(f"{v:.4g}" for v in predicted)}
+
+    def label_issues(self, targets: torch.Tensor, outputs: torch.Tensor) -> LabelScores:
+        """Each given value against the out-of-fold prediction, in the targets' units."""
+        return numeric_label_issues(self.activation(targets.float().reshape(outputs.shape)), outputs)
 
     # --- toy data ---------------------------------------------------------------------------------------------------
     toy_target_columns = ("target", "target_2")

@@ -134,6 +134,9 @@ class Diagnosis(pl.Callback):
         inputs = tuple(getattr(datamodule, "inputs", None) or module.inputs or ())
         report = diagnose(errors, self.tolerance, reference_source, sizes, task, inputs)
         report.notes.extend([*reference_notes, *(notes or [])])
+        from ..label_issues import diagnosis_notes  # here: label_issues imports this module
+
+        report.notes.extend(diagnosis_notes(run_dir.parent, datamodule))  # a label-issues run on this data
         result = {**to_dict(report), "weights": source}
         analysis, analysis_md, images = analyze(task, datamodule, evaluations["val"], self.worst_k)
         result["error_analysis"] = analysis

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 
@@ -29,13 +30,26 @@ def mask_file_name(sample_id: str, taken: set[str]) -> str:
     return name
 
 
+def decode_outputs(task: Any, outputs: torch.Tensor) -> tuple[list[dict[str, object]], np.ndarray | None]:
+    """A batch of activated outputs as predictions.csv's task columns (one dict per sample), and the predicted
+    masks (uint8 [B, H, W]) of a task that predicts masks, else None. The server (practices/serve.py) answers
+    with the same, so a served prediction is the predicted one."""
+    masks = task.prediction_mask(outputs) if hasattr(task, "prediction_mask") else None
+    return task.prediction_rows(outputs), masks
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A uint8 [H, W] class-index mask as a one-channel image (pixel value = class index), saved as PNG."""
+    return Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+
+
 def write_masks(masks: np.ndarray, ids: Sequence[str], folder: Path, taken: set[str]) -> list[str]:
     """Save uint8 [B, H, W] class-index masks as PNGs in `folder`; their paths relative to its parent."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for mask, sample_id in zip(masks, ids, strict=True):
         name = mask_file_name(sample_id, taken)
-        Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(folder / name)
+        mask_image(mask).save(folder / name)
         paths.append(f"{folder.name}/{name}")
     return paths
 
@@ -62,9 +76,9 @@ class CSVPredictionWriter(BasePredictionWriter):
         taken: set[str] = set()
         rows = []
         for batch in predictions:
-            task_rows = task.prediction_rows(batch["outputs"])
+            task_rows, predicted_masks = decode_outputs(task, batch["outputs"])
             if masks is not None:
-                files = write_masks(task.prediction_mask(batch["outputs"]), batch["id"], masks, taken)
+                files = write_masks(predicted_masks, batch["id"], masks, taken)
                 task_rows = [{**row, "mask_file": file} for row, file in zip(task_rows, files, strict=True)]
             rows.extend({"id": sample, **row} for sample, row in zip(batch["id"], task_rows, strict=True))
         folder.mkdir(parents=True, exist_ok=True)

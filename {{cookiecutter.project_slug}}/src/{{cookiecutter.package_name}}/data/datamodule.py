@@ -201,9 +201,6 @@ class DataModule(pl.LightningDataModule):
         # Class folders are images: the image group's defaults apply when the config names none.
         self.image = as_options(ImageInput, image) or (ImageInput() if self.folder_layout else None)
         self.tabular, self.sequence = as_options(TabularInput, tabular), as_options(SequenceInput, sequence)
-        if self.image is not None and importlib.util.find_spec(f"{__package__}.image") is None:
-            # Pruned at render: said before train.csv is read for an image column this project never has.
-            raise DataError("data.image is set, but this project has no image reader (data/image.py)")
         if self.folder_layout and not self.streamed and not (self.root / "train").is_dir():
             raise DataError(f"{self.root} has neither train.csv (a manifest) nor train/ (class folders)")
         if self.folder_layout and not self.task_class.class_folder_labels:
@@ -215,6 +212,9 @@ class DataModule(pl.LightningDataModule):
                 f"data.id_column={id_column!r} names a CSV column, and {self.root} holds class folders (no CSV): "
                 "there a sample is named by its image file; set data.id_column to null"
             )
+        if self.image is not None and importlib.util.find_spec(f"{__package__}.image") is None:
+            # Pruned at render: said before train.csv is read for an image column this project never has.
+            raise DataError("data.image is set, but this project has no image reader (data/image.py)")
         self.id_column = id_column
         self._train_rows: list[Row] | None = None  # train.csv, once read (inferring table columns reads it first)
         # Settings the data decided (table columns inferred from train.csv): the CLI saves them in config.yaml.

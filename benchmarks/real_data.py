@@ -288,23 +288,23 @@ CASES = {
     for case in [
         Case(
             "penguins", "multiclass", "tabular", "palmerpenguins, 344 rows x 7 columns (2 text), 19 empty cells",
-            write_penguins, ["--data.target_columns", "[species]"], table_baseline("logistic"), "acc",
+            write_penguins, ["--data.target.columns", "[species]"], table_baseline("logistic"), "acc",
         ),
         Case(
             "breast_cancer", "binary", "tabular", "scikit-learn breast cancer, 569 rows x 30 numbers: malignant",
             write_sklearn_table(_load_breast_cancer, "diagnosis", ["malignant", "benign"]),
-            ["--data.target_columns", "[diagnosis]", "--data.classes", "[benign, malignant]"],
+            ["--data.target.columns", "[diagnosis]", "--data.target.classes", "[benign, malignant]"],
             table_baseline("logistic", positive="malignant"), "auroc",
         ),
         Case(
             "diabetes", "regression", "tabular", "scikit-learn diabetes (raw units), 442 rows x 10 numbers",
-            write_sklearn_table(_load_diabetes, "progression", None), ["--data.target_columns", "[progression]"],
+            write_sklearn_table(_load_diabetes, "progression", None), ["--data.target.columns", "[progression]"],
             table_baseline("ridge"), "rmse",
         ),
         Case(
             "sunspots", "regression", "sequence", f"statsmodels sunspots 1700-2008: {WINDOW}-year windows -> next year",
             write_sunspots,
-            ["--data.target_columns", "[target]", "--data.sequence.column", "series", "--data.sequence.kind",
+            ["--data.target.columns", "[target]", "--data.sequence.column", "series", "--data.sequence.kind",
              "numeric", "--data.sequence.max_length", str(WINDOW)],
             sunspot_baselines, "rmse",
         ),

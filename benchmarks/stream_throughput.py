@@ -1,10 +1,10 @@
-"""Streaming data: training samples/s read from the folder vs from LitData chunks (`data.format: streaming`).
+"""Streaming data: training samples/s read from the folder vs from LitData chunks (`data.source.format: streaming`).
 
     python benchmarks/stream_throughput.py [--runs 3] [--epochs 3] [--workers 0 1]
 
 The default project's toy data (800 train images, class folders) is written with `toy-data`, then as LitData chunks
 with `optimize-data` (the conversion is timed once). Each measured process builds the project's `DataModule` as the
-toy preset configures it (48 px, batch 64, light augmentation) with `data.format` folder or streaming and reads
+toy preset configures it (48 px, batch 64, light augmentation) with `data.source.format` folder or streaming and reads
 `--epochs` epochs of its train loader: every sample decoded, augmented, normalized and batched, no model. Reported per
 setting: samples/s of the first epoch (loader start, worker start-up, LitData opening its chunks) and of the later
 epochs (steady state). Settings alternate folder, streaming, folder, ... in every round; the table gives medians over
@@ -44,7 +44,7 @@ from probes import report
 data_format, workers, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = DataModule(
     root="data/toy", image_config=ImageEncoder.data_config("resnet10t"), image={{"size": 48}}, batch_size=64,
-    num_workers=workers, format=data_format, streaming_dir="{streaming_dir}",
+    num_workers=workers, source={{"format": data_format, "streaming_dir": "{streaming_dir}"}},
 )
 loader = data.train_dataloader()
 rates = []
@@ -105,7 +105,7 @@ def main() -> None:
                     f"{steady / folder:.2f}",
                 ]
             )
-        headers = ["data.format", "num_workers", "epoch 1 samples/s", "later epochs samples/s", "vs folder"]
+        headers = ["data.source.format", "num_workers", "epoch 1 samples/s", "later epochs samples/s", "vs folder"]
         table = markdown_table(headers, rows)
         print(table)
         method = [

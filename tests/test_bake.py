@@ -362,3 +362,22 @@ def test_task_behaviour_lives_in_tasks(project: Path) -> None:
         if TASK_TYPE_LITERAL.search(line)
     ]
     assert not found, "task-type names outside tasks/:\n" + "\n".join(found)
+
+
+MAX_CONSTRUCTOR_PARAMETERS = 12
+
+
+def test_no_constructor_takes_more_than_twelve_arguments(project: Path) -> None:
+    """What a user extends or configures stays small: a new capability is a component, a callback or a group of
+    options (data/options.py), never one more constructor argument past twelve."""
+    package = project / "src" / recorded_answers(project)["package_name"]
+    too_wide = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                for init in (item for item in node.body if isinstance(item, ast.FunctionDef)):
+                    arguments = init.args
+                    count = len(arguments.posonlyargs + arguments.args + arguments.kwonlyargs) - 1  # not self
+                    if init.name == "__init__" and count > MAX_CONSTRUCTOR_PARAMETERS:
+                        too_wide.append(f"{path.relative_to(package)}: {node.name}.__init__ takes {count}")
+    assert not too_wide, "\n".join(too_wide)

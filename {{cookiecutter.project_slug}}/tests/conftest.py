@@ -125,8 +125,8 @@ def default_config(section: str) -> dict:
 def project_datamodule(root: Path, **overrides: object) -> DataModule:
     """The DataModule as configs/default.yaml configures it (columns, task), on `root`, small and in-process.
 
-    `overrides` replace DataModule arguments; a dict for a group (image, tabular, sequence, splits) updates the
-    configured group, e.g. `image={"augment": "strong"}` or `splits={"seed": 1}`.
+    `overrides` replace DataModule arguments; a dict for a group (image, tabular, sequence, target, splits, source)
+    updates the configured group, e.g. `image={"augment": "strong"}` or `source={"id_column": "key"}`.
     """
     config = default_config("data")
     config.update(root=str(root), task_class=TASK_TYPE, batch_size=8, num_workers=0)

@@ -48,7 +48,7 @@ def set_cell(root: Path, column: str, value: str, split: str = "val", index: int
 
 
 def target_column() -> str:
-    return default_config("data").get("target_columns", ["target"])[0]
+    return default_config("data")["target"].get("columns", ["target"])[0]
 
 
 def an_image(root: Path, split: str = "test", column: str = "image") -> tuple[Path, str]:
@@ -310,7 +310,7 @@ def test_the_command_prints_every_bad_image_at_once_in_one_line_each(data: Path,
 def test_a_label_never_positive_in_train_is_named(data: Path) -> None:
     rows = read_rows(data / "train.csv")
     width = len(rows[0][target_column()].split())
-    names = default_config("data").get("classes") or [f"label_{i}" for i in range(width)]
+    names = default_config("data")["target"].get("classes") or [f"label_{i}" for i in range(width)]
     for row in rows:  # the last label: never positive
         values = row[target_column()].split()
         row[target_column()] = " ".join([*values[:-1], "0"])

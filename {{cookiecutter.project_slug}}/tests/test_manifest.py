@@ -104,7 +104,7 @@ def test_a_label_outside_the_classes_is_named(data: Path) -> None:
     classes = sorted({row["target"] for row in read_rows(data / "train.csv")})
     set_cell(data / "test.csv", 2, "target", classes[0])
     with pytest.raises(DataError, match="is not one of the classes"):  # configured classes are the only ones
-        project_datamodule(data, classes=classes[1:] if TASK_TYPE == "multiclass" else ["x", "y"])
+        project_datamodule(data, target={"classes": classes[1:] if TASK_TYPE == "multiclass" else ["x", "y"]})
 
 
 @pytest.mark.skipif(TASK_TYPE != "multilabel", reason="not a multilabel task")

@@ -1,5 +1,5 @@
 """Streaming data (LitData, the `.[stream]` extra): `optimize-data` writes the splits as chunks, and
-`data.format: streaming` reads them back as the very samples the folder gives, in fits, across DDP ranks, and
+`data.source.format: streaming` reads them back as the very samples the folder gives, in fits, across DDP ranks, and
 across a resume in the middle of an epoch."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def written(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def streaming(data: Path, streamed: Path, **overrides: object) -> Any:
-    return project_datamodule(data, format="streaming", streaming_dir=str(streamed), **overrides)
+    return project_datamodule(data, source={"format": "streaming", "streaming_dir": str(streamed)}, **overrides)
 
 
 def assert_same(a: object, b: object, where: str) -> None:
@@ -87,7 +87,7 @@ def test_a_fit_from_the_stream_matches_the_fit_from_the_folder(tiny_data: Path, 
     common = ["--trainer.max_epochs", "3", "--data.batch_size", "64", "--seed_everything", "7"]
     common += ["--data.image.augment", "none"] if "image" in MODALITIES else []
     folder = main(cli_args("fit", tiny_data, tmp_path / "folder", *common))
-    streaming_args = ["--data.format", "streaming", "--data.streaming_dir", str(streamed)]
+    streaming_args = ["--data.source.format", "streaming", "--data.source.streaming_dir", str(streamed)]
     stream = main(cli_args("fit", tiny_data, tmp_path / "stream", *common, *streaming_args))
     assert stream.trainer.global_step == folder.trainer.global_step == 3
     metrics = [{k: float(v) for k, v in cli.trainer.callback_metrics.items()} for cli in (folder, stream)]

@@ -125,7 +125,7 @@ PROJECT_COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "cv": lambda argv: multirun.cv_main(argv, fit=main),
     "label-issues": lambda argv: label_issues.main(argv, fit=main),
     "sweep": sweep.main,
-    "optimize-data": streaming.optimize_data_main,  # LitData chunks for data.format: streaming
+    "optimize-data": streaming.optimize_data_main,  # LitData chunks for data.source.format: streaming
 }
 # Trainer-method commands typed with a hyphen, as the other commands are: name -> method.
 HYPHENATED = {"lr-find": "lr_find"}

@@ -7,7 +7,7 @@ Two layouts under `root`:
 A missing val or test split is carved out of train, seeded (stratified by class for classification). Readers
 learn their statistics (normalization, vocabularies, class names) from the train split only, then every row of
 every split is checked once, so bad data fails before the first step with its file, line and column.
-With `format: streaming` the same rows and samples come from the LitData chunks `optimize-data` wrote
+With `source.format: streaming` the same rows and samples come from the LitData chunks `optimize-data` wrote
 (data/streaming.py), on a disk or in object storage.
 """
 
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..answers import TASK_TYPE
 from ..errors import DataError
 from ..tasks import load_task_class
-from .options import ImageInput, SequenceInput, Splits, TabularInput, as_options
+from .options import ImageInput, SequenceInput, Source, Splits, TabularInput, Target, as_options
 from .table import Reader, Row, read_csv
 
 PACKAGE = __package__.split(".")[0]
@@ -135,19 +135,14 @@ class DataModule(pl.LightningDataModule):
         tabular: the table input (TabularInput: numeric_columns, categorical_columns; a null list is inferred from
             train.csv, printed, and saved in the run's config.yaml); None: none.
         sequence: the sequence input (SequenceInput: column, kind, max_length); None: none.
-        target_columns: the column(s) to predict (regression: one per output).
-        classes: class / label names in output order; None: sorted values seen in train (multiclass, binary).
-        id_column: the CSV column that names each sample (in predictions.csv and reports); every CSV read, the
-            predict CSV included, must have it. None: a sample is named by its file and line (`test.csv:7`).
+        target: what is predicted (Target: columns, classes).
         batch_size: samples per batch (per device).
         num_workers: data loader processes; None picks cpu_count - 1 (max 8).
         splits: how val, test, train-dev and cross-validation folds are carved out (Splits).
         predict_path: what `predict` reads: a CSV with the input columns, or (image classification) a folder of
             images in any layout; None predicts the test split.
-        format: folder: read the splits from `root`; streaming: stream the LitData chunks `optimize-data` wrote
-            to `streaming_dir` (data/streaming.py; `pip install -e ".[stream]"`), from a disk or object storage.
-        streaming_dir: where `optimize-data` writes and `format: streaming` reads: a folder or a URL such as
-            s3://bucket/dataset; None: <root>/streaming.
+        source: where the rows come from and what names each (Source: format folder | streaming, streaming_dir,
+            id_column).
     """
 
     size_schedule: Any = None  # progressive resizing (augment.SizeSchedule), set from image.size_schedule
@@ -160,23 +155,21 @@ class DataModule(pl.LightningDataModule):
         image: ImageInput | None = None,
         tabular: TabularInput | None = None,
         sequence: SequenceInput | None = None,
-        target_columns: list[str] | None = None,
-        classes: list[str] | None = None,
-        id_column: str | None = None,
+        target: Target = Target(),  # noqa: B008 - frozen, so one shared default is safe
         batch_size: int = 64,
         num_workers: int | None = None,
-        splits: Splits = Splits(),  # noqa: B008 - frozen, so one shared default is safe
+        splits: Splits = Splits(),  # noqa: B008
         predict_path: str | None = None,
-        format: str = "folder",
-        streaming_dir: str | None = None,
+        source: Source = Source(),  # noqa: B008
     ):
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)
-        if format not in ("folder", "streaming"):
-            raise DataError(f"data.format={format!r}: expected folder or streaming")
-        self.format, self.streaming_dir = format, streaming_dir or str(self.root / "streaming")
-        if format == "folder" and not self.root.is_dir():
+        source, target = as_options(Source, source), as_options(Target, target)
+        if source.format not in ("folder", "streaming"):
+            raise DataError(f"data.source.format={source.format!r}: expected folder or streaming")
+        self.streaming_dir = source.streaming_dir or str(self.root / "streaming")
+        if source.format == "folder" and not self.root.is_dir():
             raise DataError(
                 f"data.root={root!r} does not exist (relative to {Path.cwd()}); "
                 f"write the toy dataset with `python -m {PACKAGE} toy-data` or point data.root at your data"
@@ -189,14 +182,15 @@ class DataModule(pl.LightningDataModule):
             )
         self.split_options = splits
         self.streamed = None  # streaming: what optimize-data wrote (the splits' rows, the class names)
-        if format == "streaming":
+        self.target_columns, self.classes = list(target.columns), target.classes
+        if source.format == "streaming":
             from .streaming import Streamed
 
             self.streamed = Streamed(self.streaming_dir, splits)
-            classes = self.streamed.class_names if classes is None else classes  # as fitted on the folder
+            if self.classes is None:
+                self.classes = self.streamed.class_names  # as fitted on the folder
         self.batch_size, self.predict_path, self.image_config = batch_size, predict_path, image_config
         self.task_class = load_task_class(task_class)
-        self.target_columns, self.classes = list(target_columns or ["target"]), classes
         self.folder_layout = self.streamed.folder_layout if self.streamed else not (self.root / "train.csv").is_file()
         # Class folders are images: the image group's defaults apply when the config names none.
         self.image = as_options(ImageInput, image) or (ImageInput() if self.folder_layout else None)
@@ -207,15 +201,15 @@ class DataModule(pl.LightningDataModule):
             raise DataError(
                 f"class folders hold class labels; a {self.task_class.__name__} reads {self.root}/train.csv"
             )
-        if self.folder_layout and id_column:
+        if self.folder_layout and source.id_column:
             raise DataError(
-                f"data.id_column={id_column!r} names a CSV column, and {self.root} holds class folders (no CSV): "
-                "there a sample is named by its image file; set data.id_column to null"
+                f"data.source.id_column={source.id_column!r} names a CSV column, and {self.root} holds class folders "
+                "(no CSV): there a sample is named by its image file; set data.source.id_column to null"
             )
         if self.image is not None and importlib.util.find_spec(f"{__package__}.image") is None:
             # Pruned at render: said before train.csv is read for an image column this project never has.
             raise DataError("data.image is set, but this project has no image reader (data/image.py)")
-        self.id_column = id_column
+        self.id_column = source.id_column
         self._train_rows: list[Row] | None = None  # train.csv, once read (inferring table columns reads it first)
         # Settings the data decided (table columns inferred from train.csv): the CLI saves them in config.yaml.
         self.inferred_settings: dict[str, dict[str, Any]] = {}
@@ -307,7 +301,7 @@ class DataModule(pl.LightningDataModule):
         return [*self.inputs.values(), *([self.target_reader] if self.target_reader else [])]
 
     def _mask_class_names(self) -> list[str]:
-        """Segmentation classes: data.classes, else class_0.. up to the largest value in the train masks."""
+        """Segmentation classes: data.target.classes, else class_0.. up to the largest value in the train masks."""
         if self.classes:
             return [str(name) for name in self.classes]
         from .image import load_mask

@@ -1,11 +1,11 @@
-"""What the config says about each input and about the splits: one small group of keys each (`data.image`,
-`data.tabular`, `data.sequence`, `data.splits`), so the DataModule's own arguments stay few and a project's
-config shows only the groups of its inputs. An input is on when its group is set (class folders always have
-images)."""
+"""What the config says about each input, the target, where rows come from and the splits: one small group of
+keys each (`data.image`, `data.tabular`, `data.sequence`, `data.target`, `data.source`, `data.splits`), so the
+DataModule's own arguments stay few and a project's config shows only the groups of its inputs. An input is on
+when its group is set (class folders always have images)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,39 @@ class SequenceInput:
     column: str = "sequence"
     kind: str = "tokens"
     max_length: int = 64
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the task predicts, read by the task's `target_reader` (data/targets.py).
+
+    Args:
+        columns: the CSV column(s) to predict (regression: one output per column; multilabel: one column of
+            space-separated 0/1 values). Unused by segmentation (its target is the mask) and class folders.
+        classes: class / label names in output order; None: the sorted values seen in train (multiclass, binary),
+            label_0.. (multilabel), class_0.. up to the largest mask value (segmentation).
+    """
+
+    columns: list[str] = field(default_factory=lambda: ["target"])
+    classes: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the rows are read from and what names each one.
+
+    Args:
+        format: folder: read the splits from `data.root`; streaming: stream the LitData chunks `optimize-data`
+            wrote to `streaming_dir` (data/streaming.py; `pip install -e ".[stream]"`), from a disk or object storage.
+        streaming_dir: where `optimize-data` writes and `format: streaming` reads: a folder or a URL (s3://...);
+            None: <root>/streaming.
+        id_column: the CSV column that names each sample (in predictions.csv and reports); every CSV read, the
+            predict CSV included, must have it. None: a sample is named by its file and line (`test.csv:7`).
+    """
+
+    format: str = "folder"
+    streaming_dir: str | None = None
+    id_column: str | None = None
 
 
 @dataclass(frozen=True)

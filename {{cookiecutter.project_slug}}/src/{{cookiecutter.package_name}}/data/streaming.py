@@ -1,14 +1,14 @@
 """Streaming data (LitData): the splits as chunk files in a local folder or object storage, read as a stream.
 
 `python -m PACKAGE optimize-data --config ...` reads the data as `fit` would (the same splits, carved the same way)
-and writes, into `data.streaming_dir` (a folder or any URL LitData writes to, e.g. s3://bucket/toy):
+and writes, into `data.source.streaming_dir` (a folder or any URL LitData writes to, e.g. s3://bucket/toy):
 
     <streaming_dir>/<split>/index.json, chunk-*.bin   one sample per row: the row's cells and the raw bytes of
                                                       the files it names (image, mask), undecoded
     <streaming_dir>/manifest.json                     every row's cells, per split (no file bytes), the class names
                                                       and the data.splits settings the splits were carved with
 
-With `data.format: streaming`, the DataModule reads the manifest instead of data.root (its readers learn their
+With `data.source.format: streaming`, the DataModule reads the manifest instead of data.root (its readers learn
 statistics and vocabularies from the same train cells, so the model is built exactly as from the folder), and
 its loaders stream the chunks through `StreamingDataset` / `StreamingDataLoader`: each DDP rank and node reads
 its own part of an epoch, and the loader's position is saved in checkpoints, so a fit stopped mid-epoch resumes
@@ -70,7 +70,7 @@ class StoreRow:
 
 
 def row_record(row: Row) -> dict[str, Any]:
-    """A row as JSON: its cells, where it was read from, and its data.id_column id (None: named by its place)."""
+    """A row as JSON: its cells, where it was read from, and its data.source.id_column id (None: named by its place)."""
     return {"values": row.values, "file": str(row.file), "line": row.line, "key": row.key}
 
 
@@ -143,7 +143,7 @@ class Streamed:
                 manifest = json.load(file)
         except FileNotFoundError:
             raise DataError(
-                f"data.streaming_dir={self.dir!r} has no {MANIFEST}: write it with `python -m "
+                f"data.source.streaming_dir={self.dir!r} has no {MANIFEST}: write it with `python -m "
                 f"{__package__.split('.')[0]} optimize-data` and the same --config files as fit"
             ) from None
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -246,10 +246,11 @@ def optimize_data_main(argv: list[str]) -> None:
     """`optimize-data`: the configured data (the same --config files and --data.* flags as fit) -> LitData chunks."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__.split('.')[0]} optimize-data",
-        description="Write the configured splits as LitData chunks (data.streaming_dir) for data.format: streaming. "
+        description="Write the configured splits as LitData chunks (data.source.streaming_dir) for "
+        "data.source.format: streaming. "
         "Takes the same --config files and --data.* flags as fit.",
     )
-    parser.add_argument("--output", help="folder or URL (s3://...) to write; default: data.streaming_dir")
+    parser.add_argument("--output", help="folder or URL (s3://...) to write; default: data.source.streaming_dir")
     parser.add_argument("--num_workers", type=int, default=1, help="processes writing chunks (default 1)")
     parser.add_argument("--chunk_bytes", default="64MB", help="chunk size, e.g. 64MB (default)")
     args, rest = parser.parse_known_args(argv)
@@ -259,7 +260,8 @@ def optimize_data_main(argv: list[str]) -> None:
     optimize_splits(datamodule, output, args.num_workers, args.chunk_bytes)
     sizes = ", ".join(f"{split} {len(rows)}" for split, rows in datamodule.splits.items())
     print(
-        f"Wrote {sizes} samples to {output}; train on them with --data.format streaming --data.streaming_dir {output}"
+        f"Wrote {sizes} samples to {output}; train on them with "
+        f"--data.source.format streaming --data.source.streaming_dir {output}"
     )
 
 
@@ -277,7 +279,9 @@ def folder_datamodule(argv: list[str]) -> Any:
             pass
 
         def instantiate_classes(self) -> None:
-            self.datamodule = DataModule(**{**self.config.data.as_dict(), "format": "folder"})
+            data = self.config.data.as_dict()
+            data["source"] = {**(data.get("source") or {}), "format": "folder"}  # chunks are written from the folder
+            self.datamodule = DataModule(**data)
 
     with warnings.catch_warnings():  # LightningCLI warns when args are given while sys.argv holds the command
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

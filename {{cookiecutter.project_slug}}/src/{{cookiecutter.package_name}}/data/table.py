@@ -1,7 +1,7 @@
 """Samples as rows: every split is a list of `Row`s, read from a manifest CSV or from class folders.
 
 A row keeps where it came from (file and the line it starts on), so every reader can name the exact cell it cannot
-parse, and its id: the cell of `data.id_column` when one is configured, else that place (`test.csv:7`).
+parse, and its id: the cell of `data.source.id_column` when one is configured, else that place (`test.csv:7`).
 Readers (one per input, plus the target) learn what they need from the train rows (`fit`), check every row
 of every split before training starts (`check`), and turn one row into batch-contract entries (`read`).
 """
@@ -34,7 +34,7 @@ class Row:
     file: Path  # the CSV it came from, or the image file for the class-folder layout
     line: int  # 1-based line of the CSV file the row starts on (the header is line 1); 0 for class folders
     root: Path = field(default=Path("."))  # dataset root, to resolve relative paths
-    key: str | None = None  # the user's own id (the data.id_column cell); None: the row is named by its place
+    key: str | None = None  # the user's own id (the data.source.id_column cell); None: the row is named by its place
     # Streamed rows (data/streaming.py) carry the bytes of the files their cells name: column -> file content.
     blobs: dict[str, bytes] | None = field(default=None, compare=False, hash=False, repr=False)
 
@@ -45,7 +45,7 @@ class Row:
 
     @property
     def id(self) -> str:
-        """How a sample is named in predictions and reports: its data.id_column cell, else its location."""
+        """How a sample is named in predictions and reports: its data.source.id_column cell, else its location."""
         return self.location if self.key is None else self.key
 
     def where(self, column: str | None = None) -> str:
@@ -152,12 +152,12 @@ def _row_key(values: dict[str, str], id_column: str | None, path: Path, line: in
         return None
     key = values[id_column].strip()
     if is_missing(key):
-        raise DataError(f"{path} line {line}, column {id_column!r}: the id is missing (data.id_column)")
+        raise DataError(f"{path} line {line}, column {id_column!r}: the id is missing (data.source.id_column)")
     return key
 
 
 def warn_repeated_ids(rows: list[Row], path: Path, id_column: str) -> None:
-    """One warning when ids of data.id_column repeat within a file: allowed, but predictions cannot tell those
+    """One warning when ids of data.source.id_column repeat within a file: allowed, but predictions cannot tell those
     rows apart by id."""
     first_line: dict[str, int] = {}
     repeats: list[tuple[str, int, int]] = []  # id, first line, repeating line
@@ -169,6 +169,6 @@ def warn_repeated_ids(rows: list[Row], path: Path, id_column: str) -> None:
     if repeats:
         key, first, again = repeats[0]
         rank_zero_warn(
-            f"{path}: {len(repeats)} rows repeat an id of data.id_column {id_column!r} (e.g. {key!r} on lines "
+            f"{path}: {len(repeats)} rows repeat an id of data.source.id_column {id_column!r} (e.g. {key!r} on lines "
             f"{first} and {again}); predictions.csv repeats them too"
         )

@@ -1,6 +1,6 @@
 """Target readers: the CSV's target column(s) -> the "target" entry of the batch, one reader per task type.
 
-Class names come from `data.classes` or, when that is null, from the values seen in train (sorted). Every row
+Class names come from `data.target.classes` or, when that is null, from the values seen in train (sorted). Every row
 of every split is checked before training, so a label outside the classes or a malformed value is reported
 with its file, line and column instead of failing somewhere in epoch 3. (Segmentation targets are masks: the
 image reader reads them together with their image.)
@@ -31,7 +31,7 @@ class ClassTarget:
             self.class_names = sorted({self._value(row) for row in rows})
         expected = "exactly 2" if self.binary else "at least 2"
         if (len(self.class_names) != 2) if self.binary else (len(self.class_names) < 2):
-            source = "data.classes" if self.configured else f"column {self.column!r} of the train split"
+            source = "data.target.classes" if self.configured else f"column {self.column!r} of the train split"
             raise DataError(f"{source} has {len(self.class_names)} classes ({self.class_names}); need {expected}")
         self._index = {name: i for i, name in enumerate(self.class_names)}
 
@@ -119,7 +119,7 @@ class RegressionTarget:
 
     def __init__(self, columns: list[str]):
         if not columns:
-            raise DataError("data.target_columns is empty: name the column(s) to predict")
+            raise DataError("data.target.columns is empty: name the column(s) to predict")
         self.columns = list(columns)
         self.mean = [0.0] * len(columns)
         self.std = [1.0] * len(columns)

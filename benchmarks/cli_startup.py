@@ -58,14 +58,29 @@ def first_step_command(project: Project) -> list[str]:
     )
 
 
-def first_step_times(project: Project) -> tuple[float, float]:
-    """(seconds to the first training batch start, seconds of the whole process) of a one-step `fit`."""
+# Where the time to the first step goes: each stage ends at the moment named by FirstStepClock's stamp.
+STAGES = {
+    "imports, config parsing, data scan and checks, model build, logger start": "setup",
+    "model setup, optimizers, `on_fit_start` hooks": "sanity_start",
+    "sanity validation (Lightning's 2 val batches)": "sanity_end",
+    "`on_train_start` checks (sanity checks, first-batch grid), train loader start, first batch": "first_batch_start",
+}
+
+
+def first_step_times(project: Project) -> tuple[float, float, dict[str, float]]:
+    """(seconds to the first training batch start, seconds of the whole process, seconds of each of STAGES) of a
+    one-step `fit`."""
     command = first_step_command(project)
     # time.time(), not perf_counter: the other end of the interval is read in the child process.
     started = time.time()
     result = run_checked(command, project.root)
     ended = time.time()
-    return read_report(result.stdout)["first_batch_start"] - started, ended - started
+    values = read_report(result.stdout)
+    stamps = {**values["stages"], "first_batch_start": values["first_batch_start"]}
+    stages, previous = {}, started
+    for name, stamp in STAGES.items():
+        stages[name], previous = stamps[stamp] - previous, stamps[stamp]
+    return values["first_batch_start"] - started, ended - started, stages
 
 
 def import_costs(project: Project, command: list[str], baseline: list[str]) -> dict[str, float]:
@@ -103,6 +118,7 @@ def main() -> None:
         first_step = "`fit` (toy preset) to its first training step"
         whole_fit = "the same one-step `fit`, whole process"
         times: dict[str, list[float]] = {name: [] for name in [*simple, first_step, whole_fit]}
+        stage_times: dict[str, list[float]] = {name: [] for name in STAGES}
 
         print("warm-up round (not counted) ...", flush=True)
         for command in simple.values():
@@ -114,9 +130,11 @@ def main() -> None:
             for run in range(args.runs):
                 for name, command in simple.items():
                     times[name].append(wall_time(command, project.root))
-                to_first, whole = first_step_times(project)
+                to_first, whole, stages = first_step_times(project)
                 times[first_step].append(to_first)
                 times[whole_fit].append(whole)
+                for name, seconds in stages.items():
+                    stage_times[name].append(seconds)
                 print(f"round {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
         conditions += [other.line(), f"1-min load average when measuring ended: {load_1min():.2f}"]
         machine = machine_description(project.python)
@@ -162,6 +180,16 @@ def main() -> None:
     cost_rows.append(["**all**", *(f"{sum(costs[name].values()):.3f}" for name in costs)])
     cost_table = markdown_table(["package", "`--help` (s)", "`fit` (s)"], cost_rows)
     print("\n" + cost_table)
+    stage_rows = [[name, f"{median(t):.2f}", f"{median(t) / baseline:.2f}"] for name, t in stage_times.items()]
+    stage_table = markdown_table(["stage of `fit` before its first step", "median (s)", f"x `{BASELINE}`"], stage_rows)
+    print("\n" + stage_table)
+    table += (
+        "\n\n## Where the time to the first step goes\n\n"
+        "Each stage from the end of the previous one (the first from the process start) to the moment "
+        "`probes.FirstStepClock` stamps: Lightning's `setup` hook, the sanity validation's start and end, the first "
+        "training batch. Medians over the rounds; they add up to about the first step's median.\n\n"
+        + stage_table
+    )
     table += (
         "\n\n## Imports beyond `import pytorch_lightning`\n\n"
         "Each package's own import time (`python -X importtime`, one run, after the rounds above) for modules "

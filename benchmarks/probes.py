@@ -75,14 +75,26 @@ class StepWindowClock(pl.Callback):
 
 
 class FirstStepClock(pl.Callback):
-    """Reports the wall-clock time (`time.time()`, comparable across processes) of the first training batch start."""
+    """Reports the wall-clock time (`time.time()`, comparable across processes) of the first training batch start,
+    and of the fit's stages before it: `setup` (the first hook after the logger has started), the sanity
+    validation's start and end."""
 
     def __init__(self) -> None:
         self.reported = False
+        self.stamps: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.stamps.setdefault("setup", time.time())
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stamps.setdefault("sanity_start", time.time())
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stamps.setdefault("sanity_end", time.time())
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if not self.reported:
-            report(first_batch_start=time.time())
+            report(first_batch_start=time.time(), stages=self.stamps)
             self.reported = True

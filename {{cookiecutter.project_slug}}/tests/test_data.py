@@ -6,6 +6,7 @@ them (the manifest CSV layout is tested in test_manifest.py)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 
@@ -141,6 +142,27 @@ def test_class_folder_unknown_to_train_is_named(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "purple" / "a.png")
     with pytest.raises(DataError, match="purple"):
         datamodule(tmp_path)
+
+
+def test_image_checks_are_remembered_per_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that passed is not reopened while its size and time stay; a changed one is; each folder keeps its own
+    small record, so a run never reads what other datasets left behind."""
+    from {{ cookiecutter.package_name }}.data import image_check
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    opened: list[Path] = []
+    monkeypatch.setattr(image_check, "problem", lambda path: opened.append(path))  # every file passes
+    write_coloured_images(tmp_path / "a", per_class=2)
+    write_coloured_images(tmp_path / "b", per_class=1)
+    files = sorted((tmp_path / "a").rglob("*.png"))
+    assert image_check.find_bad_images(files) == {} and len(opened) == len(files)
+    assert image_check.find_bad_images(files) == {} and len(opened) == len(files)  # remembered
+    Image.new("RGB", (9, 9)).save(files[0])  # changed: checked again
+    image_check.find_bad_images(files)
+    assert opened[len(files) :] == [files[0]]
+    image_check.find_bad_images(sorted((tmp_path / "b").rglob("*.png")))
+    records = sorted((tmp_path / "cache").rglob("*.json"))
+    assert [len(json.loads(record.read_text())) for record in records] in ([6, 3], [3, 6])
 
 
 def test_corrupt_image_is_named(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ checkpoints as artifacts when `log_model` is on. CSV keeps the same config in hp
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,31 @@ def test_log_model_uploads_the_checkpoints_as_artifacts(
     models = [(files, aliases) for kind, files, aliases in logged if kind == "model"]  # tables are "run_table"
     assert models and all(files == ["model.ckpt"] for files, _ in models)
     assert any("best" in aliases for _, aliases in models)  # the best checkpoint, findable by its alias
+
+
+LAUNCH_CHECK = """
+import sys
+import wandb
+import wandb.sdk.wandb_run
+from {package}.practices.loggers import skip_wandb_launch_import_when_nothing_staged
+
+skip_wandb_launch_import_when_nothing_staged()
+wandb.init(mode="offline", dir=sys.argv[1], project="launch-check").finish()
+print("imported without staged inputs:", "wandb.sdk.launch" in sys.modules)
+from wandb.sdk.launch.inputs import internal
+
+applied = []
+internal._publish_job_input = lambda staged, run: applied.append(staged)
+internal.StagedLaunchInputs().add_staged_input("an input")
+wandb.init(mode="offline", dir=sys.argv[1], project="launch-check").finish()
+print("applied when staged:", applied)
+"""
+
+
+def test_wandb_runs_start_without_importing_launch_unless_inputs_are_staged(tmp_path: Path) -> None:
+    """A fresh process, as a user's run: W&B Launch's import is skipped, and staged launch inputs still apply."""
+    script = LAUNCH_CHECK.format(package=PACKAGE)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "imported without staged inputs: False" in result.stdout
+    assert "applied when staged: ['an input']" in result.stdout

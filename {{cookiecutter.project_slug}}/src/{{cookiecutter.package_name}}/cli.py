@@ -66,6 +66,7 @@ from .practices.loggers import (
     SaveAndLogConfig,
     continue_histories,
     finish_wandb_runs,
+    skip_wandb_launch_import_when_nothing_staged,
     wandb_offline_when_unavailable,
 )
 from .practices.precision import check_strategy_available, supported_precision
@@ -232,6 +233,7 @@ class ProjectCLI(LightningCLI):
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
                 wandb_offline_when_unavailable(self.run_dir)
+                skip_wandb_launch_import_when_nothing_staged()
         check_strategy_available(config.trainer.get("strategy"))
         config.trainer.precision = supported_precision(config.trainer.get("precision"))
         self._started = time.perf_counter()

@@ -4,11 +4,14 @@ What a check finds: an empty or non-image file, a truncated or corrupt one (PIL'
 and checksums, without decoding every pixel), and one whose header claims more pixels than PIL's
 decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`), which would otherwise stop a run with a traceback. All bad
 files are reported at once. Checks run on threads (file reads dominate) and a file that passed is remembered by its
-path, size and modification time, so the next run of a large dataset only reopens what changed.
+path, size and modification time, so the next run of a large dataset only reopens what changed. What is remembered
+is kept per folder of files (one small JSON each), so a run reads only its own data's entries, however many
+datasets were checked before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -18,14 +21,15 @@ from pathlib import Path
 
 from PIL import Image
 
-CACHE_FILE = "checked_images.json"
 LISTED = 5  # bad files named in the error line; the rest are counted
 
 
-def cache_path() -> Path:
-    """Where passed files are remembered: $XDG_CACHE_HOME (default ~/.cache)/<package>/checked_images.json."""
+def cache_path(folder: Path) -> Path:
+    """Where the files that passed under `folder` are remembered:
+    $XDG_CACHE_HOME (default ~/.cache)/<package>/checked_images/<hash of the folder's path>.json."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / __package__.split(".")[0] / CACHE_FILE
+    name = hashlib.sha256(str(folder).encode()).hexdigest()[:20]
+    return root / __package__.split(".")[0] / "checked_images" / f"{name}.json"
 
 
 def problem(path: Path) -> str | None:
@@ -56,15 +60,14 @@ def _stamp(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _load_cache() -> dict[str, list[int]]:
+def _load_cache(path: Path) -> dict[str, list[int]]:
     try:
-        return json.loads(cache_path().read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
 
-def _save_cache(cache: dict[str, list[int]]) -> None:
-    path = cache_path()
+def _save_cache(path: Path, cache: dict[str, list[int]]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
@@ -76,22 +79,25 @@ def _save_cache(cache: dict[str, list[int]]) -> None:
 
 def find_bad_images(paths: Iterable[Path], workers: int | None = None) -> dict[Path, str]:
     """The unusable files among `paths`, each with its reason; the files that pass are cached."""
-    cache = _load_cache()
-    unique = list(dict.fromkeys(paths))
+    resolved = {path: path.resolve() for path in paths}
+    if not resolved:
+        return {}
+    store = cache_path(Path(os.path.commonpath([path.parent for path in resolved.values()])))
+    cache = _load_cache(store)
 
     def cached(path: Path) -> bool:
         try:
-            return cache.get(str(path.resolve())) == _stamp(path)
+            return cache.get(str(resolved[path])) == _stamp(path)
         except OSError:
             return False
 
-    todo = [path for path in unique if not cached(path)]
+    todo = [path for path in resolved if not cached(path)]
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
         found = dict(zip(todo, pool.map(problem, todo), strict=True))
     passed = [path for path, reason in found.items() if reason is None]
     if passed:
-        cache.update({str(path.resolve()): _stamp(path) for path in passed})
-        _save_cache(cache)
+        cache.update({str(resolved[path]): _stamp(path) for path in passed})
+        _save_cache(store, cache)
     return {path: reason for path, reason in found.items() if reason is not None}
 
 

@@ -187,8 +187,7 @@ def main() -> None:
         "\n\n## Where the time to the first step goes\n\n"
         "Each stage from the end of the previous one (the first from the process start) to the moment "
         "`probes.FirstStepClock` stamps: Lightning's `setup` hook, the sanity validation's start and end, the first "
-        "training batch. Medians over the rounds; they add up to about the first step's median.\n\n"
-        + stage_table
+        "training batch. Medians over the rounds; they add up to about the first step's median.\n\n" + stage_table
     )
     table += (
         "\n\n## Imports beyond `import pytorch_lightning`\n\n"

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train test test-slow test-matrix lint clean
+.PHONY: setup train test test-rendered test-slow test-matrix lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +19,11 @@ train: setup  ## render the default project outside the repo, install it, write 
 test: setup  ## the default test suite (what CI runs)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-test-slow: setup  ## the long runs: the default project trained to its target (the full matrix has its own target)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow -k "not full_matrix"
+test-rendered: setup  ## the other representative projects' whole suites (CI runs it after `make test`)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow -k representative_project_passes_its_own_tests
+
+test-slow: setup  ## the long runs: the default project trained to its target, real data (the matrix has its own target)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow -k "not full_matrix and not representative_project"
 
 test-matrix: setup  ## every valid task/modality/fusion combination rendered, installed and trained for 2 epochs
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow -k full_matrix

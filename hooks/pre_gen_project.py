@@ -117,6 +117,7 @@ DEPENDENCY_MODULES: dict[str, tuple[str, ...]] = {
     "pillow": ("PIL",),
     "tensorboard": ("tensorboard",),
     "pytest": ("pytest", "py"),
+    "pytest-xdist": ("xdist",),
     "ruff": ("ruff",),
     "pre-commit": ("pre_commit",),
     "deepspeed": ("deepspeed",),

@@ -1,8 +1,9 @@
 """Rendered projects used like a new user would: install, write toy data, run the CLI and the project's tests.
 
-Each project gets its own venv (sharing this environment's packages), so rendered packages never meet. The
-default suite runs the rendered project's own fast tests for a representative subset of the answers; the
-`slow` test_full_matrix trains every valid combination (`make test-matrix`).
+Each project gets its own venv (sharing this environment's packages), so rendered packages never meet. For a
+representative subset of the answers, the default suite runs the default project's whole fast suite and the
+others' smoke subsets; their whole suites are `slow` (`make test-rendered`, which CI runs after `make test`).
+The `slow` test_full_matrix trains every valid combination (`make test-matrix`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ FAST_FIT = [
 ]  # fmt: skip
 
 
-# One project per task type and per modality, plus one fused: five rendered suites of about 160 tests each, the
-# bulk of `make test`. The fused one is regression/tabular+sequence/gated: of the two-input projects it is the
+# One project per task type and per modality, plus one fused: five rendered suites of 300-400 tests each (4-7 min
+# each on a loaded 2-core machine, the bulk of the template's test time). The fused one is regression/tabular+sequence/gated: of the two-input projects it is the
 # cheapest on a CPU (no timm backbone, no image files to write or decode), gated is the fusion with the most
 # moving parts, and it is the regression project, so regression needs no single-input project of its own (an
 # image one would cost about as much as the defaults' suite). Every fusion kind is also unit-tested by each
@@ -74,27 +75,47 @@ def summary_counts(output: str) -> dict[str, int]:
     return {plural.get(word, word): int(n) for n, word in found}
 
 
-@pytest.mark.parametrize(
-    "combo",
-    [
-        # The defaults share a worker with the multi-process suite below, as they always have; the others spread.
-        pytest.param(combo, marks=pytest.mark.xdist_group("rendered-suite") if i == 0 else ())
-        for i, combo in enumerate(REPRESENTATIVE)
-    ],
-    ids=combo_id,
-)
+def passed(output: str, allowed: set[str] | None = None) -> bool:
+    """pytest passed something and failed nothing (and, given `allowed`, reported only those kinds of counts)."""
+    counts = summary_counts(output)
+    if allowed is not None:
+        return bool(counts.get("passed")) and set(counts) <= allowed
+    return bool(counts.get("passed")) and not counts.get("failed") and not counts.get("errors")
+
+
+def rendered_pytest(python: Path, project: Path, *args: str) -> str:
+    return run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=project, env=OFFLINE)
+
+
+@pytest.mark.xdist_group("rendered-suite")  # with the multi-process suite below: the two long ones on one worker
+def test_default_project_passes_its_own_tests(cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    project, python, _ = rendered(cookies, monkeypatch, tmp_path, **REPRESENTATIVE[0])
+    output = rendered_pytest(python, project)
+    assert passed(output), output[-3000:]
+
+
+@pytest.mark.parametrize("combo", REPRESENTATIVE[1:], ids=combo_id)
+def test_representative_project_passes_its_smoke_tests(
+    combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`pytest -m smoke`: data, networks, fusion, tasks and a fit/test/predict through the CLI of each answer set."""
+    project, python, _ = rendered(cookies, monkeypatch, tmp_path, **combo)
+    output = rendered_pytest(python, project, "-m", "smoke")
+    assert passed(output), output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", REPRESENTATIVE[1:], ids=combo_id)
 def test_representative_project_passes_its_own_tests(
     combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The whole fast suite of each other representative (`make test-rendered`; CI runs it after `make test`)."""
     project, python, _ = rendered(cookies, monkeypatch, tmp_path, **combo)
-    output = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
-    counts = summary_counts(output)
-    assert counts.get("passed") and not counts.get("failed") and not counts.get("errors"), output[-3000:]
+    output = rendered_pytest(python, project)
+    assert passed(output), output[-3000:]
     if combo["fusion"] != "none":  # the extras' long tests on a two-input project (the defaults' run below)
-        slow = ["-m", "slow", *EXTRAS_TESTS]
-        output = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *slow], cwd=project, env=OFFLINE)
-        counts = summary_counts(output)
-        assert counts.get("passed") and not counts.get("failed") and not counts.get("errors"), output[-3000:]
+        output = rendered_pytest(python, project, "-m", "slow", *EXTRAS_TESTS)
+        assert passed(output), output[-3000:]
 
 
 @pytest.mark.xdist_group("rendered-suite")
@@ -103,9 +124,8 @@ def test_default_project_passes_its_multiprocess_tests(
 ) -> None:
     """The rendered `pytest -m slow`: DDP on two CPU processes (gloo), SIGKILL mid-epoch and resume."""
     project, python, _ = rendered(cookies, monkeypatch, tmp_path)
-    output = run([str(python), "-m", "pytest", "-q", "-m", "slow", "-p", "no:cacheprovider"], cwd=project, env=OFFLINE)
-    counts = summary_counts(output)
-    assert counts.get("passed") and set(counts) <= {"passed", "deselected", "warnings"}, output[-3000:]
+    output = rendered_pytest(python, project, "-m", "slow")
+    assert passed(output, allowed={"passed", "deselected", "warnings"}), output[-3000:]
 
 
 @pytest.mark.parametrize("logger", ["wandb", "tensorboard", "csv"])
@@ -144,13 +164,13 @@ def test_full_matrix(combo: dict[str, str], cookies, monkeypatch: pytest.MonkeyP
     epochs (`make test-matrix`).
 
     The smoke subset (`pytest -m smoke`: data, networks, fusion, tasks and a fit/test/predict through the CLI) is
-    what differs between combinations; the whole rendered suite runs on the representative subset in `make test`.
+    what differs between combinations; the whole rendered suites run on the representative subset (`make test`,
+    `make test-rendered`).
     A real fit, not fast_dev_run: validation runs, metrics are computed, a checkpoint and summary.json are written.
     """
     project, python, package = rendered(cookies, monkeypatch, tmp_path, **combo)
-    tests = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "smoke"], cwd=project, env=OFFLINE)
-    counts = summary_counts(tests)
-    assert counts.get("passed") and not counts.get("failed") and not counts.get("errors"), tests[-3000:]
+    tests = rendered_pytest(python, project, "-m", "smoke")
+    assert passed(tests), tests[-3000:]
     # Small images and short epochs: the matrix checks that every combination trains end to end (validation,
     # metrics, checkpoint, reports), not how well; `make test-slow` trains the default project to its target.
     image = ["--image-size", "32"] if "image" in combo["modality"] else []

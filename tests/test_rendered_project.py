@@ -26,11 +26,12 @@ FAST_FIT = [
 
 
 # One project per task type and per modality, plus one fused: five rendered suites of 300-400 tests each (4-7 min
-# each on a loaded 2-core machine, the bulk of the template's test time). The fused one is regression/tabular+sequence/gated: of the two-input projects it is the
-# cheapest on a CPU (no timm backbone, no image files to write or decode), gated is the fusion with the most
-# moving parts, and it is the regression project, so regression needs no single-input project of its own (an
-# image one would cost about as much as the defaults' suite). Every fusion kind is also unit-tested by each
-# project's own tests/test_fusion.py, and test_full_matrix trains every combination.
+# each on a loaded 2-core machine, the bulk of the template's test time). The fused one is
+# regression/tabular+sequence/gated: of the two-input projects it is the cheapest on a CPU (no timm backbone, no
+# image files to write or decode), gated is the fusion with the most moving parts, and it is the regression
+# project, so regression needs no single-input project of its own (an image one would cost about as much as the
+# defaults' suite). Every fusion kind is also unit-tested by each project's own tests/test_fusion.py, and
+# test_full_matrix trains every combination.
 REPRESENTATIVE: list[dict[str, str]] = [
     {"task_type": "multiclass", "modality": "image", "fusion": "none"},  # the defaults
     {"task_type": "binary", "modality": "tabular", "fusion": "none"},
